@@ -1,0 +1,55 @@
+"""What every mucald command shares: offline mode, ``-d 1 2 3`` style flags, and user errors
+printed as one clear message with exit code 1 instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from preprocessing.errors import MucaldError
+
+DATASET_FLAGS = ("-d", "--dataset")
+
+
+def expand_multi_value_flags(argv: Sequence[str], flags: Sequence[str]) -> list[str]:
+    """Rewrite ``-d 1 2 3`` as ``-d 1 -d 2 -d 3`` so nnU-Net-style calls parse with click.
+
+    Values are the tokens after the flag up to the next token starting with '-'; a command that
+    uses this therefore takes no positional arguments after such a flag.
+    """
+    out: list[str] = []
+    active: str | None = None
+    for token in argv:
+        if token in flags:
+            active = token
+            out.append(token)
+            continue
+        if token.startswith("-"):
+            active = None
+        elif active is not None and out[-1] != active:
+            out.append(active)
+        out.append(token)
+    return out
+
+
+def run_app(app: typer.Typer, argv: Sequence[str] | None = None,
+            multi_value_flags: Sequence[str] = ()) -> int:
+    """Run a typer app and return its exit code; MucaldError becomes a message and code 1."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing may download weights at run time
+    args = list(sys.argv[1:] if argv is None else argv)
+    args = expand_multi_value_flags(args, multi_value_flags)
+    try:
+        app(args=args, standalone_mode=True)  # click prints usage errors and exits by itself
+    except SystemExit as done:
+        return done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
+    except MucaldError as err:
+        Console(stderr=True, highlight=False, soft_wrap=True).print(
+            f"[bold red]error:[/] {escape(str(err))}", markup=True)
+        return 1
+    return 0

@@ -1,0 +1,1 @@
+"""Console commands owned by the preprocessing package: make_demo, verify, convert."""
