@@ -1,0 +1,114 @@
+"""Write the demo federation: three raw datasets that differ the way the paper's hospitals do.
+
+Every dataset gets dataset.json, images/labels for Tr and Ts, and causal_graph.json with the
+planted graph and each case's node values. The same seed gives the same arrays on any machine.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from preprocessing.atomic import write_json_atomic
+from preprocessing.dataset import dataset_folder_name
+from preprocessing.dataset_json import DatasetSpec
+from preprocessing.demo.causal import sample_nodes
+from preprocessing.demo.fetal_us import FETAL_US
+from preprocessing.demo.lung_ct import LUNG_CT
+from preprocessing.demo.polyp import POLYP
+from preprocessing.demo.presets import DatasetSize, preset
+from preprocessing.demo.recipe import DemoRecipe
+from preprocessing.errors import DatasetError
+from preprocessing.io import write_image
+
+RECIPES: tuple[DemoRecipe, ...] = (POLYP, LUNG_CT, FETAL_US)
+CAUSAL_GRAPH_JSON = "causal_graph.json"
+
+
+@dataclass(frozen=True)
+class WrittenDataset:
+    """What was written for one dataset, for the command's summary table."""
+
+    folder: Path
+    train: int
+    test: int
+    shape: tuple[int, ...]
+    file_ending: str
+
+
+def demo_folders(out: Path) -> list[Path]:
+    """The dataset folders ``make_demo_federation`` writes under ``out``."""
+    return [Path(out) / dataset_folder_name(r.dataset_id, r.name) for r in RECIPES]
+
+
+def make_demo_federation(out: Path, seed: int = 0, size: str = "small", *,
+                         overwrite: bool = False) -> list[Path]:
+    """Write the three demo datasets under ``out`` and return their folders.
+
+    Refuses (DatasetError) to write into a non-empty dataset folder unless ``overwrite``, which
+    deletes that folder first so no stale case of an earlier, larger run survives.
+    """
+    return [written.folder for written in write_demo_federation(out, seed, size, overwrite=overwrite)]
+
+
+def write_demo_federation(out: Path, seed: int = 0, size: str = "small", *,
+                          overwrite: bool = False) -> list[WrittenDataset]:
+    """Like ``make_demo_federation`` but reports counts and shapes of what was written."""
+    sizes = preset(size)
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise DatasetError(f"{out}: exists and is not a folder. Fix: choose another output folder.")
+    folders = demo_folders(out)
+    _make_room(folders, overwrite)
+    streams = np.random.SeedSequence(seed).spawn(len(RECIPES))
+    written = []
+    for recipe, folder, stream in zip(RECIPES, folders, streams):
+        dataset_size = sizes.for_dataset(recipe.key)
+        _write_dataset(recipe, folder, dataset_size, stream, seed, size)
+        written.append(WrittenDataset(folder, dataset_size.train, dataset_size.test,
+                                      dataset_size.shape, recipe.file_ending))
+    return written
+
+
+def _make_room(folders: list[Path], overwrite: bool) -> None:
+    """Check every folder before deleting any, so a refusal leaves everything untouched."""
+    occupied = [f for f in folders if f.exists() and (not f.is_dir() or any(f.iterdir()))]
+    if occupied and not overwrite:
+        raise DatasetError(f"{occupied[0]}: dataset folder exists and is not empty. Fix: pass "
+                           "--overwrite to replace it, or choose another output folder.")
+    for folder in occupied:
+        if folder.is_dir():
+            shutil.rmtree(folder)
+        else:
+            folder.unlink()
+
+
+def _write_dataset(recipe: DemoRecipe, folder: Path, size: DatasetSize,
+                   stream: np.random.SeedSequence, seed: int, size_name: str) -> None:
+    count = size.train + size.test
+    node_stream, *case_streams = stream.spawn(1 + count)
+    nodes = sample_nodes(recipe.graph, count, np.random.default_rng(node_stream))
+    geometry = recipe.geometry(size.shape)
+    ending = recipe.file_ending
+    case_values: dict[str, dict[str, float]] = {}
+    for index, case_stream in enumerate(case_streams):
+        split = "Tr" if index < size.train else "Ts"
+        case = f"{recipe.case_prefix}_{index:03d}"
+        values = {name: float(column[index]) for name, column in nodes.items()}
+        image, label = recipe.render(values, size.shape, np.random.default_rng(case_stream))
+        write_image(folder / f"images{split}" / f"{case}_0000{ending}", image, geometry)
+        write_image(folder / f"labels{split}" / f"{case}{ending}", label[None].astype(np.uint8),
+                    geometry)
+        case_values[case] = {name: round(value, 6) for name, value in values.items()}
+
+    description = (f"{recipe.look} Demo data from mucald_make_demo (seed {seed}, size "
+                   f"{size_name}); {recipe.graph.summary()}; ground truth and per-case node "
+                   f"values in {CAUSAL_GRAPH_JSON}.")
+    DatasetSpec(channel_names=dict(recipe.channel_names), labels=dict(recipe.labels),
+                num_training=size.train, file_ending=ending, description=description).save(folder)
+    truth = recipe.graph.to_json(seed)
+    truth["cases"] = case_values
+    write_json_atomic(folder / CAUSAL_GRAPH_JSON, truth)
