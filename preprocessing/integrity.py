@@ -79,8 +79,9 @@ def verify_dataset(folder: Path, on_case: Callable[[str], None] | None = None) -
         report.add(folder / DATASET_JSON, f"numTraining is {dataset.spec.num_training} but imagesTr "
                    f"holds {len(train_cases)} cases", "correct numTraining")
     for split in SPLITS:
-        labelled = split == "Tr" or dataset.labels_dir(split).is_dir()
         for case in dataset.case_ids(split):
+            # test labels are optional, case by case; every training case needs one
+            labelled = split == "Tr" or dataset.label_file(case, split).is_file()
             _check_case(dataset, case, split, labelled, report)
             report.cases_checked += 1
             if on_case is not None:
@@ -121,7 +122,8 @@ def _check_case(dataset: RawDataset, case: str, split: str, labelled: bool,
     if images is not None:
         _check_extra_channel_files(dataset, case, split, len(images.files), report)
         for channel, path in enumerate(images.channel_files):
-            _check_intensities(images.array[channel], path, channel, report)
+            for problem, fix in channel_problems(images.array[channel], channel):
+                report.add(path, problem, fix)
     if not labelled:
         return
     try:
@@ -144,19 +146,22 @@ def _check_extra_channel_files(dataset: RawDataset, case: str, split: str, used:
                    "dataset.json", "declare the channel in channel_names or remove the file")
 
 
-def _check_intensities(channel: np.ndarray, path: Path, index: int, report: IntegrityReport) -> None:
+def channel_problems(channel: np.ndarray, index: int) -> list[tuple[str, str]]:
+    """Why one image channel is unusable, as (problem, fix) pairs: no voxels, NaN/Inf, constant.
+
+    Shared with the converter, which checks inputs before it writes anything.
+    """
     if channel.size == 0:
-        report.add(path, "image is empty (no voxels)", "re-export the image")
-        return
+        return [("image is empty (no voxels)", "re-export the image")]
     if np.issubdtype(channel.dtype, np.floating):
         bad = int(np.count_nonzero(~np.isfinite(channel)))
         if bad:
-            report.add(path, f"channel {index} has {bad} NaN/Inf voxels",
-                       "re-export the image or replace non-finite values")
-            return
+            return [(f"channel {index} has {bad} NaN/Inf voxels",
+                     "re-export the image or replace non-finite values")]
     if channel.min() == channel.max():
-        report.add(path, f"channel {index} is constant ({channel.flat[0]})",
-                   "the image holds no information: re-export or drop the case")
+        return [(f"channel {index} is constant ({channel.flat[0]})",
+                 "the image holds no information: re-export or drop the case")]
+    return []
 
 
 def _check_label_values(label: np.ndarray, path: Path, allowed: frozenset[int],
