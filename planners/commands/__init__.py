@@ -1,0 +1,1 @@
+"""Console commands owned by the planners package: plan_and_preprocess."""

@@ -1,0 +1,132 @@
+"""``mucald_plan_and_preprocess``: verify, fingerprint, proxies, causal graphs, plan, preprocess."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from planners.budget import Preset
+from planners.pipeline import PipelineConfig, plan_and_preprocess
+from planners.planner import PlannerConfig
+from planners.plans import Plans, load_plans
+from preprocessing.cli_support import DATASET_FLAGS, run_app
+from preprocessing.paths import preprocessed_root, raw_root
+
+app = typer.Typer(add_completion=False, help="Plan a federation and preprocess every client's data.")
+
+
+class Target(str, Enum):
+    cpu = "cpu"
+    gpu = "gpu"
+
+
+class Dimensionality(str, Enum):
+    two_d = "2d"
+    three_d = "3d"
+
+
+class RichReporter:
+    """Shows one progress bar per pipeline stage."""
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress = progress
+        self.task = None
+
+    def stage(self, description: str, total: int) -> None:
+        if self.task is not None:
+            self.progress.update(self.task, visible=False)
+        self.task = self.progress.add_task(description, total=total)
+
+    def advance(self) -> None:
+        if self.task is not None:
+            self.progress.advance(self.task)
+
+
+@app.command()
+def plan(
+    datasets: Annotated[list[str], typer.Option(
+        "-d", "--dataset", help="Dataset ids or names, one per client: -d 1 2 3.")],
+    raw: Annotated[Optional[Path], typer.Option("--raw", help="Raw datasets folder (default: $MUCALD_RAW).")] = None,
+    preprocessed: Annotated[Optional[Path], typer.Option(
+        "--preprocessed", help="Output folder (default: $MUCALD_PREPROCESSED).")] = None,
+    num_processes: Annotated[int, typer.Option("-np", "--num-processes", min=1,
+                                               help="Worker processes for fingerprinting and preprocessing.")] = 2,
+    target: Annotated[Optional[Target], typer.Option(
+        "--target", help="Budget preset: gpu (memory budget) or cpu (~1 s per federation iteration on "
+        "2 cores). Default: gpu if torch sees CUDA, else cpu.")] = None,
+    memory_gb: Annotated[float, typer.Option("--memory-gb", min=1.0, help="GPU memory for --target gpu.")] = 8.0,
+    config: Annotated[Optional[Dimensionality], typer.Option(
+        "--config", help="Force 2d or 3d (default: 3d only if every client is 3D).")] = None,
+    num_nodes: Annotated[int, typer.Option("--num-nodes", min=1, help="Causal nodes K per client.")] = 4,
+    no_verify: Annotated[bool, typer.Option("--no-verify", help="Skip the integrity check.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Redo finished preprocessed cases.")] = False,
+    seed: Annotated[int, typer.Option("--seed", help="Seed for sampling and causal discovery.")] = 0,
+) -> None:
+    """Self-configure a federation: every decision lands in one plans.json."""
+    preset = Preset((target or _default_target()).value, memory_gb=memory_gb)
+    pipeline = PipelineConfig(
+        raw_root=raw_root(raw), preprocessed_root=preprocessed_root(preprocessed), datasets=tuple(datasets),
+        planner=PlannerConfig(preset=preset, dimensionality=config.value if config else None,
+                              num_nodes=num_nodes),
+        num_processes=num_processes, verify=not no_verify, overwrite=overwrite, seed=seed)
+    console = Console(highlight=False)
+    columns = (TextColumn("{task.description:<40}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console) as progress:
+        plans_path = plan_and_preprocess(pipeline, RichReporter(progress))
+    plans = load_plans(plans_path)
+    console.print(summary_table(plans))
+    for name, client in plans.clients.items():
+        edges = [f"{p} -> {c}" for c, ps in client.causal_graph.parents.items() for p in ps]
+        console.print(f"{name} causal graph over {', '.join(client.causal_graph.nodes) or 'no nodes'}: "
+                      f"{'; '.join(edges) or 'no edges'}")
+    warnings = list(plans.warnings) + [f"{name}: {w}" for name, c in plans.clients.items()
+                                       for w in c.causal_graph.warnings]
+    for warning in warnings:
+        console.print(f"[yellow]warning:[/] {warning}")
+    console.print(f"plans: {plans_path}")
+
+
+def summary_table(plans: Plans) -> Table:
+    fed = plans.federation
+    table = Table(title=f"federation: {fed.dimensionality}, split width {fed.split_channels}, "
+                        f"{len(fed.server_segment.strides)} server stages; preset {plans.preset}")
+    table.add_column("client", no_wrap=True)
+    for column in ("spacing mm", "patch", "batch", "normalisation", "edges"):
+        table.add_column(column)
+    for name, client in plans.clients.items():
+        edges = sum(len(ps) for ps in client.causal_graph.parents.values())
+        table.add_row(name, " x ".join(f"{s:.3g}" for s in client.target_spacing),
+                      " x ".join(str(p) for p in client.patch_size), str(client.batch_size),
+                      _kinds(client.normalization), str(edges))
+    return table
+
+
+def _kinds(normalization: tuple[dict, ...]) -> str:
+    kinds = [n["kind"] for n in normalization]
+    return kinds[0] if len(set(kinds)) == 1 else ", ".join(kinds)
+
+
+def _default_target() -> Target:
+    try:
+        import torch  # only to see whether a GPU is there; planning itself never needs torch
+    except ImportError:
+        return Target.cpu
+    return Target.gpu if torch.cuda.is_available() else Target.cpu
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_app(app, argv, multi_value_flags=DATASET_FLAGS)
+
+
+def entry() -> None:
+    raise SystemExit(main())
+
+
+if __name__ == "__main__":
+    entry()

@@ -1,0 +1,227 @@
+"""The planner's rules: per-client spacing, patch, batch and normalisation, and the federation's
+shared dimensionality and server-segment topology. Pure functions of fingerprints and a preset.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+from planners.budget import Preset, sample_cost
+from planners.errors import PlanError
+from planners.fingerprint import DatasetFingerprint
+from planners.plans import (SCHEMA_VERSION, CausalGraphPlan, CausalNodesPlan, ClientPlan, DiffusionPlan,
+                            FederationPlan, NetworkTopologyPlan, Plans)
+from planners.topology import MIN_FEATURE_MAP, Topology, fit_to_divisor, pooling_topology
+from preprocessing.dataset_json import DatasetSpec
+from preprocessing.normalization import CTNormalization, RGBTo01Normalization, ZScoreNormalization
+
+RGB_CHANNEL_NAMES = {"r", "g", "b", "red", "green", "blue", "rgb", "rgb_to_0_1"}
+NONZERO_MASK_BELOW = 0.75  # crop kept < 75% of the image: normalise inside the nonzero mask only
+BATCH_DATASET_SHARE = 0.05  # a batch covers at most 5% of a dataset's voxels
+MIN_BATCH = 2
+
+
+@dataclass(frozen=True)
+class PlannerConfig:
+    preset: Preset = field(default_factory=lambda: Preset("cpu"))
+    dimensionality: Literal["2d", "3d"] | None = None  # None: 3d only if every client is 3D
+    num_nodes: int = 4
+    anisotropy_threshold: float = 3.0
+    foreground_oversampling: float = 0.33
+    diffusion_steps: int = 400
+
+    @property
+    def split_channels(self) -> int:
+        return 32 if self.preset.target == "gpu" else 16
+
+    def max_filters(self, dims: int) -> int:
+        if self.preset.target == "cpu":
+            return 128
+        return 320 if dims == 3 else 512
+
+
+@dataclass(frozen=True)
+class ClientFacts:
+    """What the planner knows about one client: its declaration, fingerprint and causal graph."""
+
+    spec: DatasetSpec
+    native_dims: int  # 2 also for 2D slices stored as (1, y, x) volumes, as nnU-Net does
+    fingerprint: DatasetFingerprint
+    causal_graph: CausalGraphPlan
+    folder: str
+
+
+def target_spacing(spacings: np.ndarray, shapes: np.ndarray, threshold: float = 3.0) -> tuple[float, ...]:
+    """Median spacing; a much coarser axis with few voxels takes its 10th-percentile spacing instead.
+
+    The exception keeps strongly anisotropic scans (thick slices) from being upsampled to the
+    median, which would invent slices; it is floored at the largest other spacing.
+    """
+    target = np.median(spacings, axis=0)
+    if len(target) < 3:
+        return tuple(float(v) for v in target)
+    median_shape = np.median(shapes, axis=0)
+    worst = int(np.argmax(target))
+    others = [a for a in range(len(target)) if a != worst]
+    coarse = target[worst] > threshold * max(target[others])
+    few = median_shape[worst] * threshold < min(median_shape[others])
+    if coarse and few:
+        target[worst] = max(np.percentile(spacings[:, worst], 10), max(target[others]))
+    return tuple(float(v) for v in target)
+
+
+def normalization_for(name: str, channel: int, fingerprint: DatasetFingerprint,
+                      use_nonzero_mask: bool) -> dict:
+    """CT: clip + z-score with dataset foreground statistics; RGB: to 0..1; else per-image z-score."""
+    key = name.strip().lower()
+    if key == "ct":
+        stats = fingerprint.foreground_intensity[channel]
+        return CTNormalization(mean=stats.mean, std=stats.std, lower=stats.percentile_00_5,
+                               upper=stats.percentile_99_5).to_dict()
+    if key in RGB_CHANNEL_NAMES:
+        return RGBTo01Normalization().to_dict()
+    return ZScoreNormalization(use_nonzero_mask=use_nonzero_mask).to_dict()
+
+
+def make_plans(clients: list[ClientFacts], config: PlannerConfig = PlannerConfig()) -> Plans:
+    """Plan every client, then the shared server segment, then fit patches and batches to it."""
+    if not clients:
+        raise PlanError("no datasets to plan. Fix: pass -d with at least one dataset.")
+    dims = _federation_dims(clients, config.dimensionality)
+    spacing, shape, slice_axes = {}, {}, {}
+    for facts in clients:
+        name = facts.fingerprint.dataset_name
+        full_spacing = target_spacing(facts.fingerprint.spacings, facts.fingerprint.shapes_after_crop,
+                                      config.anisotropy_threshold)
+        resampled = facts.fingerprint.shapes_after_crop * facts.fingerprint.spacings / full_spacing
+        full_shape = tuple(int(round(v)) for v in np.median(resampled, axis=0))
+        slice_axes[name] = _slice_axis(full_spacing, full_shape, facts.native_dims, dims)
+        spacing[name], shape[name] = full_spacing, full_shape
+    warnings: list[str] = []
+    patches = {}
+    for facts in clients:
+        name = facts.fingerprint.dataset_name
+        view_spacing, view_shape = _view(spacing[name], slice_axes[name]), _view(shape[name], slice_axes[name])
+        patches[name] = _shrink_to_budget(view_spacing, view_shape, facts, config, dims, len(clients),
+                                          warnings)
+    reference_spacing = tuple(np.median([_view(spacing[c.fingerprint.dataset_name],
+                                                slice_axes[c.fingerprint.dataset_name])
+                                         for c in clients], axis=0))
+    reference_patch = tuple(np.min([patches[c.fingerprint.dataset_name] for c in clients], axis=0))
+    topology = pooling_topology(reference_spacing, reference_patch, config.split_channels,
+                                config.max_filters(dims))
+    plans = {}
+    for facts in clients:
+        name = facts.fingerprint.dataset_name
+        patch = fit_to_divisor(patches[name], topology.divisor)
+        batch = _batch_size(patch, topology, facts, config, len(clients),
+                            _resampled_voxels(facts.fingerprint, spacing[name]))
+        plans[name] = _client_plan(facts, config, spacing[name], shape[name], slice_axes[name], patch,
+                                   batch)
+    federation = FederationPlan(
+        dimensionality="3d" if dims == 3 else "2d",
+        split_channels=config.split_channels,
+        server_segment=NetworkTopologyPlan(dims, topology.kernel_sizes, topology.strides, topology.filters),
+        diffusion=DiffusionPlan(config.diffusion_steps, "squaredcos_cap_v2", config.diffusion_steps // 2),
+        causal=CausalNodesPlan(config.num_nodes, 1),
+    )
+    return Plans(SCHEMA_VERSION, config.preset.describe(), federation, plans, tuple(warnings))
+
+
+def _federation_dims(clients: list[ClientFacts], requested: str | None) -> int:
+    all_3d = all(c.native_dims == 3 for c in clients)
+    if requested == "3d" and not all_3d:
+        flat = ", ".join(c.fingerprint.dataset_name for c in clients if c.native_dims == 2)
+        raise PlanError(f"--config 3d is impossible: {flat} is 2D. Fix: use --config 2d, or plan "
+                        "the 3D datasets as their own federation.")
+    if requested is not None:
+        return 3 if requested == "3d" else 2
+    return 3 if all_3d else 2
+
+
+def _slice_axis(spacing: tuple[float, ...], shape: tuple[int, ...], native_dims: int,
+                dims: int) -> int | None:
+    """3D arrays in a 2D federation are cut across their coarsest axis (axis 0 when isotropic);
+    2D slices stored as (1, y, x) volumes across their single-voxel axis."""
+    if len(shape) == dims:
+        return None
+    if native_dims == 2:
+        return shape.index(1) if 1 in shape else 0
+    return int(np.argmax(spacing)) if max(spacing) > min(spacing) * 1.0001 else 0
+
+
+def _view(values: tuple, slice_axis: int | None) -> tuple:
+    return tuple(v for a, v in enumerate(values) if a != slice_axis)
+
+
+def _shrink_to_budget(spacing: tuple[float, ...], shape: tuple[int, ...], facts: ClientFacts,
+                      config: PlannerConfig, dims: int, num_clients: int, warnings: list[str]) -> tuple[int, ...]:
+    """Start from the median shape; shrink the axis largest relative to it until batch 2 fits."""
+    patch = [max(int(s), 2 * MIN_FEATURE_MAP) for s in shape]
+    floor = 2 * MIN_FEATURE_MAP
+    while True:
+        topology = pooling_topology(spacing, tuple(patch), config.split_channels, config.max_filters(dims))
+        cost = sample_cost(tuple(patch), topology, facts.spec.num_channels, len(facts.spec.labels),
+                           config.split_channels)
+        if config.preset.fits(cost, MIN_BATCH, num_clients):
+            return tuple(patch)
+        ratios = [p / s if p > floor else -1.0 for p, s in zip(patch, shape)]
+        axis = int(np.argmax(ratios))
+        if ratios[axis] < 0:
+            warnings.append(f"{facts.fingerprint.dataset_name}: even the smallest patch {tuple(patch)} "
+                            f"exceeds the {config.preset.target} budget; training will be slower")
+            return tuple(patch)
+        patch[axis] = max(floor, patch[axis] - topology.divisor[axis])  # as nnU-Net: one pooling unit
+
+
+def _batch_size(patch: tuple[int, ...], topology: Topology, facts: ClientFacts, config: PlannerConfig,
+                num_clients: int, dataset_voxels: float) -> int:
+    """Largest batch within budget and within 5% of the dataset's voxels, never below 2."""
+    cost = sample_cost(patch, topology, facts.spec.num_channels, len(facts.spec.labels),
+                       config.split_channels)
+    fits = MIN_BATCH
+    while fits < 512 and config.preset.fits(cost, fits + 1, num_clients):
+        fits += 1
+    share_cap = int(BATCH_DATASET_SHARE * dataset_voxels / math.prod(patch))
+    return max(MIN_BATCH, min(fits, share_cap))
+
+
+def _resampled_voxels(fingerprint: DatasetFingerprint, spacing: tuple[float, ...]) -> float:
+    volumes = fingerprint.shapes_after_crop * fingerprint.spacings / np.asarray(spacing)
+    return float(np.prod(volumes, axis=1).sum())
+
+
+def _client_plan(facts: ClientFacts, config: PlannerConfig, spacing: tuple[float, ...],
+                 shape: tuple[int, ...], slice_axis: int | None, patch: tuple[int, ...],
+                 batch: int) -> ClientPlan:
+    fingerprint = facts.fingerprint
+    use_mask = fingerprint.median_relative_size_after_crop < NONZERO_MASK_BELOW
+    return ClientPlan(
+        dataset_name=fingerprint.dataset_name,
+        native_dimensionality="3d" if facts.native_dims == 3 else "2d",
+        file_ending=facts.spec.file_ending,
+        channel_names=dict(facts.spec.channel_names),
+        labels=dict(facts.spec.labels),
+        in_channels=facts.spec.num_channels,
+        num_classes=len(facts.spec.labels),
+        original_median_spacing=tuple(float(v) for v in np.median(fingerprint.spacings, axis=0)),
+        target_spacing=spacing,
+        median_shape=shape,
+        slice_axis=slice_axis,
+        patch_size=patch,
+        batch_size=batch,
+        normalization=tuple(normalization_for(name, c, fingerprint, use_mask)
+                            for c, name in sorted(facts.spec.channel_names.items())),
+        use_nonzero_mask=use_mask,
+        resampling={"image_order": 3, "label_mode": "onehot_linear",
+                    "anisotropy_threshold": config.anisotropy_threshold, "out_of_plane_order": 0},
+        fe_channels=config.split_channels,
+        be_channels=config.split_channels,
+        foreground_oversampling=config.foreground_oversampling,
+        causal_graph=facts.causal_graph,
+        folder=facts.folder,
+    )

@@ -1,0 +1,148 @@
+"""The plans file: every decision of self-configuration, for the federation and each client.
+
+One ``plans.json`` per federation is the single source of truth that preprocessing, training
+and prediction read. It is schema-versioned, written atomically, and loaded into validated
+frozen dataclasses; a bad file raises ``PlanError`` naming the offending field.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import ConfigDict, Field, PositiveInt, TypeAdapter, ValidationError
+from pydantic.dataclasses import dataclass
+
+from planners.errors import PlanError
+from preprocessing.atomic import write_json_atomic
+
+SCHEMA_VERSION = 1
+PLANS_FILE = "plans.json"
+_STRICT = ConfigDict(extra="forbid")
+
+
+@dataclass(frozen=True, config=_STRICT)
+class NetworkTopologyPlan:
+    """The server segment as MONAI's DynUNet takes it: kernels and strides per stage."""
+
+    spatial_dims: Literal[2, 3]
+    kernel_sizes: tuple[tuple[int, ...], ...]
+    strides: tuple[tuple[int, ...], ...]
+    filters: tuple[int, ...]
+
+
+@dataclass(frozen=True, config=_STRICT)
+class DiffusionPlan:
+    """Forward noising at the split points (the schedule object is built from this)."""
+
+    num_train_timesteps: int = Field(400, ge=2)
+    beta_schedule: str = "squaredcos_cap_v2"
+    eval_timestep: int = Field(200, ge=0)
+
+
+@dataclass(frozen=True, config=_STRICT)
+class CausalNodesPlan:
+    """Shape of the causal latent shared by all clients, so CRDM modules can be averaged."""
+
+    num_nodes: int = Field(4, ge=1)
+    node_dim: int = Field(1, ge=1)
+
+
+@dataclass(frozen=True, config=_STRICT)
+class FederationPlan:
+    dimensionality: Literal["2d", "3d"]
+    split_channels: PositiveInt
+    server_segment: NetworkTopologyPlan
+    diffusion: DiffusionPlan
+    causal: CausalNodesPlan
+
+
+@dataclass(frozen=True, config=_STRICT)
+class CausalGraphPlan:
+    """A client's causal nodes (proxy columns), DAG and the z-score statistics of its proxies."""
+
+    nodes: tuple[str, ...]
+    parents: dict[str, tuple[str, ...]]
+    edge_weights: dict[str, float]
+    zscore_mean: dict[str, float]
+    zscore_std: dict[str, float]
+    method: str
+    warnings: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, config=_STRICT)
+class ClientPlan:
+    """Everything one client's preprocessing, network ends and sampling need."""
+
+    dataset_name: str
+    native_dimensionality: Literal["2d", "3d"]
+    file_ending: str
+    channel_names: dict[int, str]
+    labels: dict[str, int]
+    in_channels: PositiveInt
+    num_classes: Annotated[int, Field(ge=2)]
+    original_median_spacing: tuple[float, ...]
+    target_spacing: tuple[float, ...]  # array order (z, y, x) / (y, x)
+    median_shape: tuple[int, ...]  # after cropping and resampling, array order
+    slice_axis: int | None  # 3D data under a 2D federation: the array axis slices are cut across
+    patch_size: tuple[int, ...]
+    batch_size: PositiveInt
+    normalization: tuple[dict[str, Any], ...]  # one scheme per channel (preprocessing.normalization)
+    use_nonzero_mask: bool
+    resampling: dict[str, Any]
+    fe_channels: PositiveInt
+    be_channels: PositiveInt
+    foreground_oversampling: Annotated[float, Field(ge=0.0, le=1.0)]
+    causal_graph: CausalGraphPlan
+    folder: str  # the client's own preprocessed folder, relative to the plans file
+
+
+@dataclass(frozen=True, config=_STRICT)
+class Plans:
+    schema_version: int
+    preset: str  # which preset made the plan and its budget, in words
+    federation: FederationPlan
+    clients: dict[str, ClientPlan]
+    warnings: tuple[str, ...] = ()
+
+    def client(self, dataset_name: str) -> ClientPlan:
+        if dataset_name not in self.clients:
+            raise PlanError(f"{dataset_name} is not in this plan (it has {', '.join(self.clients)}). "
+                            "Fix: run mucald_plan_and_preprocess with that dataset.")
+        return self.clients[dataset_name]
+
+
+_ADAPTER = TypeAdapter(Plans)
+
+
+def plans_to_dict(plans: Plans) -> dict[str, Any]:
+    return _ADAPTER.dump_python(plans, mode="json")
+
+
+def plans_from_dict(data: Any, source: str = "plans") -> Plans:
+    """Validate a parsed plans document; the error names every bad field by its path."""
+    if isinstance(data, dict) and data.get("schema_version") != SCHEMA_VERSION:
+        raise PlanError(f"{source}: schema_version is {data.get('schema_version')!r}, this mucald "
+                        f"reads {SCHEMA_VERSION}. Fix: re-run mucald_plan_and_preprocess.")
+    try:
+        return _ADAPTER.validate_python(data)
+    except ValidationError as err:
+        fields = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors())
+        raise PlanError(f"{source}: invalid plan ({fields}). Fix: re-run "
+                        "mucald_plan_and_preprocess, or correct the named field.") from None
+
+
+def save_plans(plans: Plans, path: Path) -> None:
+    write_json_atomic(path, plans_to_dict(plans))
+
+
+def load_plans(path: Path) -> Plans:
+    path = Path(path)
+    if not path.is_file():
+        raise PlanError(f"{path}: no plans file. Fix: run mucald_plan_and_preprocess -d ... first.")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise PlanError(f"{path}: not valid JSON ({err}). Fix: re-run mucald_plan_and_preprocess.") from None
+    return plans_from_dict(data, source=str(path))

@@ -1,0 +1,165 @@
+"""Planner rules on synthetic fingerprints: spacing, dimensionality, budgets, the plans file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from planners.budget import CPU_EFFECTIVE_FLOPS, GPU_ACTIVATION_SHARE, TRAIN_FLOPS_PER_FORWARD_FLOP, Preset, sample_cost
+from planners.errors import PlanError
+from planners.fingerprint import CaseFingerprint, IntensityStats, combine_fingerprints
+from planners.planner import ClientFacts, PlannerConfig, make_plans, target_spacing
+from planners.plans import CausalGraphPlan, load_plans, plans_to_dict, save_plans
+from planners.topology import pooling_topology
+from preprocessing.dataset_json import DatasetSpec
+
+EMPTY_GRAPH = CausalGraphPlan(nodes=(), parents={}, edge_weights={}, zscore_mean={}, zscore_std={},
+                              method="none")
+
+
+def client(name: str, spacing: tuple[float, ...], shape: tuple[int, ...], cases: int = 20,
+           channels: dict[int, str] | None = None, classes: int = 2) -> ClientFacts:
+    """A client whose every case has the given spacing and shape, with some foreground."""
+    records = [CaseFingerprint(f"c{i}", spacing, shape, ((0,) * len(shape), shape), shape,
+                               {0: int(np.prod(shape)) - 100, 1: 100}) for i in range(cases)]
+    samples = [[np.linspace(-100, 300, 50)] * len(channels or {0: "MR"}) for _ in range(cases)]
+    fingerprint = combine_fingerprints(name, records, samples)
+    labels = {"background": 0, **{f"class{k}": k for k in range(1, classes)}}
+    spec = DatasetSpec(channels or {0: "MR"}, labels, cases, ".nii.gz")
+    return ClientFacts(spec, len(shape), fingerprint, EMPTY_GRAPH, folder=name)
+
+
+def test_target_spacing_is_the_median_when_isotropic() -> None:
+    spacings = np.array([[1.0, 0.8, 0.8], [1.2, 0.7, 0.7], [1.1, 0.9, 0.9]])
+    shapes = np.array([[100, 200, 200]] * 3)
+    assert target_spacing(spacings, shapes) == pytest.approx((1.1, 0.8, 0.8))
+
+
+def test_anisotropic_axis_with_few_voxels_takes_its_tenth_percentile() -> None:
+    z = np.array([5.0, 5.0, 5.0, 2.0, 2.5, 5.0, 5.0, 5.0, 5.0, 6.0])
+    spacings = np.stack([z, np.full(10, 0.7), np.full(10, 0.7)], axis=1)
+    shapes = np.array([[40, 512, 512]] * 10)
+    expected = np.percentile(z, 10)
+    assert target_spacing(spacings, shapes)[0] == pytest.approx(expected)
+    assert target_spacing(spacings, shapes)[1:] == pytest.approx((0.7, 0.7))
+
+
+def test_anisotropy_rule_is_floored_at_the_largest_other_spacing() -> None:
+    z = np.array([0.5, 0.5] + [4.0] * 8)
+    spacings = np.stack([z, np.full(10, 0.8), np.full(10, 0.9)], axis=1)
+    shapes = np.array([[30, 400, 400]] * 10)
+    assert target_spacing(spacings, shapes)[0] == pytest.approx(0.9)
+
+
+def test_anisotropic_axis_with_many_voxels_keeps_the_median() -> None:
+    z = np.array([5.0] * 9 + [1.0])
+    spacings = np.stack([z, np.full(10, 0.7), np.full(10, 0.7)], axis=1)
+    shapes = np.array([[300, 300, 300]] * 10)  # not 3x fewer voxels along z
+    assert target_spacing(spacings, shapes)[0] == pytest.approx(5.0)
+
+
+def test_mixed_2d_and_3d_federation_plans_2d_and_slices_3d_clients_across_the_coarse_axis() -> None:
+    plans = make_plans([client("Dataset001_A", (1.0, 1.0), (128, 128)),
+                        client("Dataset002_B", (3.0, 0.8, 0.8), (20, 80, 80))])
+    assert plans.federation.dimensionality == "2d"
+    ct = plans.clients["Dataset002_B"]
+    assert ct.slice_axis == 0 and len(ct.patch_size) == 2 and ct.native_dimensionality == "3d"
+    assert plans.clients["Dataset001_A"].slice_axis is None
+
+
+def test_all_3d_federation_plans_3d_and_refuses_3d_with_a_2d_client() -> None:
+    plans = make_plans([client("Dataset001_A", (2.0, 1.0, 1.0), (32, 64, 64)),
+                        client("Dataset002_B", (1.0, 1.0, 1.0), (48, 48, 48))])
+    assert plans.federation.dimensionality == "3d"
+    assert all(len(c.patch_size) == 3 for c in plans.clients.values())
+    with pytest.raises(PlanError, match="Dataset003_C is 2D"):
+        make_plans([client("Dataset001_A", (1.0, 1.0, 1.0), (32, 32, 32)),
+                    client("Dataset003_C", (1.0, 1.0), (64, 64))], PlannerConfig(dimensionality="3d"))
+
+
+def test_patches_are_divisible_by_the_shared_server_strides() -> None:
+    plans = make_plans([client("Dataset001_A", (1.0, 1.0), (100, 140)),
+                        client("Dataset002_B", (0.5, 0.5), (70, 90))])
+    strides = np.array(plans.federation.server_segment.strides)
+    divisor = strides.prod(axis=0)
+    for c in plans.clients.values():
+        assert all(p % d == 0 for p, d in zip(c.patch_size, divisor)), (c.patch_size, divisor)
+    assert len(plans.federation.server_segment.kernel_sizes) == len(strides)
+
+
+@pytest.mark.parametrize("preset", [Preset("cpu"), Preset("gpu", memory_gb=8.0)])
+def test_budget_is_respected_with_batch_at_least_two(preset: Preset) -> None:
+    clients = [client("Dataset001_A", (1.0, 0.7, 0.7), (160, 256, 256), cases=200),
+               client("Dataset002_B", (1.0, 1.0, 1.0), (128, 128, 128), cases=200)]
+    plans = make_plans(clients, PlannerConfig(preset=preset))
+    fed = plans.federation.server_segment
+    for c in plans.clients.values():
+        cost = sample_cost(c.patch_size, _topology(fed), c.in_channels, c.num_classes,
+                           plans.federation.split_channels)
+        assert c.batch_size >= 2
+        if preset.target == "gpu":
+            assert cost.activation_bytes * c.batch_size <= 8e9 * GPU_ACTIVATION_SHARE
+        else:
+            seconds = cost.forward_flops * TRAIN_FLOPS_PER_FORWARD_FLOP * c.batch_size / CPU_EFFECTIVE_FLOPS
+            assert seconds <= 1.0 / len(clients) + 1e-9
+    gpu_plans = make_plans(clients, PlannerConfig(preset=Preset("gpu")))
+    cpu_patch = np.prod(make_plans(clients, PlannerConfig(preset=Preset("cpu"))).clients["Dataset001_A"].patch_size)
+    assert np.prod(gpu_plans.clients["Dataset001_A"].patch_size) > cpu_patch
+    assert plans.preset.startswith(preset.target)
+
+
+def test_batch_covers_at_most_five_percent_of_a_small_dataset_but_never_below_two() -> None:
+    plans = make_plans([client("Dataset001_A", (1.0, 1.0), (64, 64), cases=10)],
+                       PlannerConfig(preset=Preset("gpu", memory_gb=80)))
+    assert plans.clients["Dataset001_A"].batch_size == 2
+
+
+def test_normalisation_follows_channel_names() -> None:
+    ct = client("Dataset001_A", (2.0, 1.0, 1.0), (20, 40, 40), channels={0: "CT"})
+    rgb = client("Dataset002_B", (1.0, 1.0), (64, 64), channels={0: "R", 1: "G", 2: "B"})
+    mr = client("Dataset003_C", (1.0, 1.0), (64, 64), channels={0: "T2"})
+    plans = make_plans([ct, rgb, mr])
+    ct_norm = plans.clients["Dataset001_A"].normalization[0]
+    assert ct_norm["kind"] == "ct" and ct_norm["lower"] == pytest.approx(np.percentile(np.tile(np.linspace(-100, 300, 50), 20), 0.5))
+    assert [n["kind"] for n in plans.clients["Dataset002_B"].normalization] == ["rgb_to_01"] * 3
+    assert plans.clients["Dataset003_C"].normalization[0]["kind"] == "zscore"
+
+
+def test_too_few_cases_or_no_foreground_fail_clearly() -> None:
+    with pytest.raises(PlanError, match="at least 2"):
+        client("Dataset001_A", (1.0, 1.0), (64, 64), cases=1)
+    records = [CaseFingerprint(f"c{i}", (1.0, 1.0), (8, 8), ((0, 0), (8, 8)), (8, 8), {0: 64}) for i in range(3)]
+    with pytest.raises(PlanError, match="no foreground"):
+        combine_fingerprints("Dataset001_A", records, [[np.zeros(0)]] * 3)
+
+
+def test_plans_round_trip_and_bad_fields_are_named(tmp_path: Path) -> None:
+    plans = make_plans([client("Dataset001_A", (1.0, 1.0), (64, 64))])
+    path = tmp_path / "plans.json"
+    save_plans(plans, path)
+    assert load_plans(path) == plans
+    data = json.loads(path.read_text())
+    data["clients"]["Dataset001_A"]["batch_size"] = 0
+    path.write_text(json.dumps(data))
+    with pytest.raises(PlanError, match=r"clients\.Dataset001_A\.batch_size"):
+        load_plans(path)
+    data["schema_version"] = 99
+    path.write_text(json.dumps(data))
+    with pytest.raises(PlanError, match="schema_version"):
+        load_plans(path)
+    assert plans_to_dict(plans)["federation"]["diffusion"]["num_train_timesteps"] == 400
+
+
+def test_pooling_topology_keeps_kernel_one_on_thick_slices_until_spacing_evens_out() -> None:
+    topology = pooling_topology((4.0, 1.0, 1.0), (16, 128, 128), 16, 128)
+    assert topology.kernel_sizes[0] == (1, 3, 3) and topology.strides[1] == (1, 2, 2)
+    assert topology.kernel_sizes[-1] == (3, 3, 3)
+    assert topology.divisor[1] >= 16 and all(f <= 128 for f in topology.filters)
+
+
+def _topology(fed):
+    from planners.topology import Topology
+    return Topology(tuple(map(tuple, fed.kernel_sizes)), tuple(map(tuple, fed.strides)), tuple(fed.filters))
