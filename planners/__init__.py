@@ -1,3 +1,3 @@
-"""planners: dataset fingerprints, label-derived proxies, per-task causal graphs and the plans file
-that every later stage reads (built by the self-configuration issue; empty until then).
+"""planners: dataset fingerprints, label-derived proxies, per-task causal graphs and the one
+plans file per federation that every later stage reads; owns `mucald_plan_and_preprocess`.
 """

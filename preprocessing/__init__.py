@@ -1,3 +1,3 @@
-"""preprocessing: the raw dataset layer: nnU-Net v2 layout, image IO with geometry, integrity
-checks, the demo federation and the converter (later: cropping, normalisation, resampling).
+"""preprocessing: raw data in and training arrays out: nnU-Net v2 layout, image IO with geometry,
+integrity check, demo federation, converter, crop/normalise/resample with an exact inverse.
 """

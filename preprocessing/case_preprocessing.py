@@ -54,19 +54,21 @@ class CaseProperties:
     shape_after_resampling: tuple[int, ...]
     target_spacing: tuple[float, ...]
     config_digest: str
+    source_stamp: str = ""  # names, sizes and mtimes of the raw files it was made from
 
     def to_dict(self) -> dict:
         return {"case_id": self.case_id, "geometry": self.geometry.to_dict(), "bbox": self.bbox.to_list(),
                 "shape_after_crop": list(self.shape_after_crop),
                 "shape_after_resampling": list(self.shape_after_resampling),
-                "target_spacing": list(self.target_spacing), "config_digest": self.config_digest}
+                "target_spacing": list(self.target_spacing), "config_digest": self.config_digest,
+                "source_stamp": self.source_stamp}
 
     @classmethod
     def from_dict(cls, data: dict) -> "CaseProperties":
         return cls(str(data["case_id"]), Geometry.from_dict(data["geometry"]),
                    BoundingBox.from_list(data["bbox"]), tuple(data["shape_after_crop"]),
                    tuple(data["shape_after_resampling"]), tuple(data["target_spacing"]),
-                   str(data["config_digest"]))
+                   str(data["config_digest"]), str(data.get("source_stamp", "")))
 
 
 @dataclass(frozen=True, eq=False)

@@ -32,8 +32,8 @@ def save_case(folder: Path, case: PreprocessedCase) -> None:
     write_json_atomic(properties_path, case.properties.to_dict())
 
 
-def is_complete(folder: Path, case_id: str, config_digest: str) -> bool:
-    """True when the case was finished with the same preprocessing settings."""
+def is_complete(folder: Path, case_id: str, config_digest: str, source_stamp: str = "") -> bool:
+    """True when the case was finished with the same settings from the same raw files."""
     arrays_path, properties_path = case_paths(folder, case_id)
     if not (arrays_path.is_file() and properties_path.is_file()):
         return False
@@ -41,7 +41,7 @@ def is_complete(folder: Path, case_id: str, config_digest: str) -> bool:
         stored = json.loads(properties_path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, OSError):
         return False
-    return stored.get("config_digest") == config_digest
+    return stored.get("config_digest") == config_digest and stored.get("source_stamp", "") == source_stamp
 
 
 def load_case(folder: Path, case_id: str) -> PreprocessedCase:

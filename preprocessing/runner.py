@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass
+import hashlib
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from preprocessing.case_preprocessing import CasePreprocessingConfig, preprocess_case
@@ -23,6 +24,15 @@ class CaseJob:
     split: str
     labelled: bool
     seed: int
+    source_stamp: str
+
+
+def source_stamp(dataset: RawDataset, case_id: str, split: str) -> str:
+    """Changes when any raw file of the case is replaced, so stale outputs are redone."""
+    files = sorted(dataset.images_dir(split).glob(f"{case_id}_[0-9][0-9][0-9][0-9]{dataset.spec.file_ending}"))
+    label = dataset.label_file(case_id, split)
+    stats = [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files + ([label] if label.is_file() else [])]
+    return hashlib.sha256(repr(stats).encode()).hexdigest()[:16]
 
 
 def run_case(job: CaseJob, config: CasePreprocessingConfig, out_folder: Path) -> str:
@@ -31,7 +41,7 @@ def run_case(job: CaseJob, config: CasePreprocessingConfig, out_folder: Path) ->
     images = dataset.read_images(job.case_id, job.split)
     label = dataset.read_label(job.case_id, job.split)[0] if job.labelled else None
     case = preprocess_case(job.case_id, images.array, label, images.geometry, config, job.seed)
-    save_case(out_folder, case)
+    save_case(out_folder, replace(case, properties=replace(case.properties, source_stamp=job.source_stamp)))
     return job.case_id
 
 
@@ -46,12 +56,13 @@ def preprocess_dataset(dataset: RawDataset, config: CasePreprocessingConfig, out
     labelled = split == "Tr" or dataset.labels_dir(split).is_dir()
     jobs, digest = [], config.digest()
     for index, case_id in enumerate(dataset.case_ids(split)):
-        if not overwrite and is_complete(out_folder, case_id, digest):
+        stamp = source_stamp(dataset, case_id, split)
+        if not overwrite and is_complete(out_folder, case_id, digest, stamp):
             if on_case:
                 on_case(case_id, True)
             continue
         has_label = labelled and dataset.label_file(case_id, split).is_file()
-        jobs.append(CaseJob(dataset.folder, case_id, split, has_label, seed=index))
+        jobs.append(CaseJob(dataset.folder, case_id, split, has_label, seed=index, source_stamp=stamp))
     done: list[str] = []
     if num_processes <= 1 or len(jobs) <= 1:
         for job in jobs:

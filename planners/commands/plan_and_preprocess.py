@@ -97,7 +97,7 @@ def summary_table(plans: Plans) -> Table:
     table = Table(title=f"federation: {fed.dimensionality}, split width {fed.split_channels}, "
                         f"{len(fed.server_segment.strides)} server stages; preset {plans.preset}")
     table.add_column("client", no_wrap=True)
-    for column in ("spacing mm", "patch", "batch", "normalisation", "edges"):
+    for column in ("spacing mm", "patch", "batch", "norm", "edges"):
         table.add_column(column)
     for name, client in plans.clients.items():
         edges = sum(len(ps) for ps in client.causal_graph.parents.values())

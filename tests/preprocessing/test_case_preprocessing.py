@@ -148,3 +148,17 @@ def test_parallel_workers_write_the_same_cases_as_one_process(tmp_path: Path) ->
         a, b = load_case(tmp_path / "one", case_id), load_case(tmp_path / "two", case_id)
         np.testing.assert_array_equal(a.images, b.images)
         np.testing.assert_array_equal(a.label, b.label)
+
+
+def test_a_replaced_raw_file_is_preprocessed_again(tmp_path: Path) -> None:
+    make_demo_federation(tmp_path / "raw", seed=0, size="tiny")
+    dataset = RawDataset.open(tmp_path / "raw", 3)
+    cases = dataset.case_ids()
+    cfg = config(dataset.read_label(cases[0])[1].array_spacing)
+    runner.preprocess_dataset(dataset, cfg, tmp_path / "pre")
+    label_path = dataset.label_file(cases[1])
+    label, geometry = dataset.read_label(cases[1])
+    from preprocessing.io import write_image
+    write_image(label_path, (label > 0)[None].astype(np.uint8), geometry)  # merge the two classes
+    assert runner.preprocess_dataset(dataset, cfg, tmp_path / "pre") == [cases[1]]
+    assert set(np.unique(load_case(tmp_path / "pre", cases[1]).label)) == {0, 1}
