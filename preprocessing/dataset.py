@@ -18,7 +18,7 @@ from preprocessing.errors import DatasetError, ImageIOError
 from preprocessing.geometry import Geometry
 from preprocessing.io import read_image
 
-_DATASET_FOLDER = re.compile(r"^Dataset(\d{3})_(.+)$")
+DATASET_FOLDER_PATTERN = re.compile(r"^Dataset(\d{3})_(.+)$")
 _CHANNEL_STEM = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 SPLITS = ("Tr", "Ts")
 
@@ -37,7 +37,7 @@ def find_dataset_folder(raw_root: Path, identifier: str | int) -> Path:
     if not raw_root.is_dir():
         raise DatasetError(f"{raw_root}: raw folder does not exist. Fix: pass --raw DIR or set MUCALD_RAW.")
     text = str(identifier).strip()
-    if _DATASET_FOLDER.match(text):
+    if DATASET_FOLDER_PATTERN.match(text):
         folder = raw_root / text
         if folder.is_dir():
             return folder
@@ -47,7 +47,7 @@ def find_dataset_folder(raw_root: Path, identifier: str | int) -> Path:
                            "(e.g. Dataset003_Name). Fix: pass -d with one of those.")
     wanted = int(text)
     matches = sorted(p for p in raw_root.iterdir()
-                     if p.is_dir() and (m := _DATASET_FOLDER.match(p.name)) and int(m.group(1)) == wanted)
+                     if p.is_dir() and (m := DATASET_FOLDER_PATTERN.match(p.name)) and int(m.group(1)) == wanted)
     if not matches:
         raise DatasetError(f"{raw_root}: no Dataset{wanted:03d}_* folder. Fix: check -d or --raw "
                            "(mucald_make_demo or mucald_convert create datasets).")
@@ -84,7 +84,7 @@ class RawDataset:
 
     @property
     def dataset_id(self) -> int | None:
-        match = _DATASET_FOLDER.match(self.folder.name)
+        match = DATASET_FOLDER_PATTERN.match(self.folder.name)
         return int(match.group(1)) if match else None
 
     def images_dir(self, split: str = "Tr") -> Path:

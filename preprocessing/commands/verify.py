@@ -53,7 +53,7 @@ def verify(
 
 def _verify_with_progress(folder: Path, console: Console) -> IntegrityReport:
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
-    with Progress(*columns, console=console, transient=True) as progress:
+    with Progress(*columns, console=console, transient=True, disable=not console.is_terminal) as progress:
         task = progress.add_task(f"checking {folder.name}", total=None)
         return verify_dataset(folder, on_case=lambda _case: progress.advance(task))
 

@@ -6,7 +6,6 @@ existing one survives a failed ``--overwrite``).
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import uuid
 from dataclasses import dataclass
@@ -15,14 +14,13 @@ from types import TracebackType
 
 import numpy as np
 
-from preprocessing.dataset import dataset_folder_name
+from preprocessing.dataset import DATASET_FOLDER_PATTERN, dataset_folder_name
 from preprocessing.dataset_json import DatasetSpec
 from preprocessing.errors import DatasetError
 from preprocessing.geometry import Geometry
 from preprocessing.integrity import verify_dataset
 from preprocessing.io import write_image
 
-_DATASET_FOLDER = re.compile(r"^Dataset(\d{3})_(.+)$")
 
 
 @dataclass(frozen=True)
@@ -55,7 +53,7 @@ def check_target(output: OutputConfig) -> Path:
     root = Path(output.raw_root)
     if root.is_dir():
         for other in sorted(root.iterdir()):
-            match = _DATASET_FOLDER.match(other.name)
+            match = DATASET_FOLDER_PATTERN.match(other.name)
             if other.is_dir() and match and int(match.group(1)) == output.dataset_id and other != folder:
                 raise DatasetError(f"{other}: already uses dataset id {output.dataset_id}. Fix: choose "
                                    "another --dataset-id or remove that folder.")
