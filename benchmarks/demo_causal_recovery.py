@@ -4,7 +4,7 @@ Measures the demo's documented nodes from the labels with the planner's own prox
 DAG over them with the planner's learner, and prints the structural Hamming distance (SHD) to
 the planted graph per dataset, size and seed. An empty graph scores SHD = number of true edges.
 
-    python benchmarks/demo_causal_recovery.py --sizes small medium --seeds 0 1 2
+    python -m benchmarks.demo_causal_recovery --sizes small medium --seeds 0 1 2
 """
 
 from __future__ import annotations

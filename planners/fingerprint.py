@@ -81,8 +81,8 @@ def fingerprint_case(case_id: str, images: np.ndarray, label: np.ndarray, spacin
     values, counts = np.unique(label, return_counts=True)
     foreground = np.flatnonzero(label.ravel() > 0)
     rng = np.random.default_rng(seed)
-    if foreground.size > SAMPLES_PER_CASE:
-        foreground = rng.choice(foreground, SAMPLES_PER_CASE, replace=False)
+    if foreground.size:  # the same count from every case, so each case weighs the same (as nnU-Net)
+        foreground = rng.choice(foreground, SAMPLES_PER_CASE, replace=foreground.size < SAMPLES_PER_CASE)
     samples = [channel.ravel()[foreground].astype(np.float64) for channel in images]
     record = CaseFingerprint(
         case_id=case_id,

@@ -163,3 +163,16 @@ def test_pooling_topology_keeps_kernel_one_on_thick_slices_until_spacing_evens_o
 def _topology(fed):
     from planners.topology import Topology
     return Topology(tuple(map(tuple, fed.kernel_sizes)), tuple(map(tuple, fed.strides)), tuple(fed.filters))
+
+
+def test_every_case_weighs_the_same_in_the_intensity_statistics() -> None:
+    """A case with a huge lesion must not dominate CT normalisation (nnU-Net samples likewise)."""
+    from planners.fingerprint import fingerprint_case
+
+    small_label = np.zeros((40, 40), np.uint8)
+    small_label[:3, :3] = 1
+    big_label = np.ones((40, 40), np.uint8)
+    results = [fingerprint_case(name, np.full((1, 40, 40), value, np.float32), label, (1.0, 1.0), seed=0)
+               for name, value, label in (("small", 0.0, small_label), ("big", 100.0, big_label))]
+    fingerprint = combine_fingerprints("Dataset001_A", [r[0] for r in results], [r[1] for r in results])
+    assert fingerprint.foreground_intensity[0].mean == pytest.approx(50.0)
