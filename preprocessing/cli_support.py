@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import typer
 from rich.console import Console
@@ -53,3 +53,16 @@ def run_app(app: typer.Typer, argv: Sequence[str] | None = None,
             f"[bold red]error:[/] {escape(str(err))}", markup=True)
         return 1
     return 0
+
+
+def entry_points(app: typer.Typer, multi_value_flags: Sequence[str] = ()
+                 ) -> tuple[Callable[[Sequence[str] | None], int], Callable[[], None]]:
+    """``main(argv) -> exit code`` for tests and notebooks, ``entry()`` for the console script."""
+
+    def main(argv: Sequence[str] | None = None) -> int:
+        return run_app(app, argv, multi_value_flags)
+
+    def entry() -> None:
+        raise SystemExit(main())
+
+    return main, entry

@@ -15,7 +15,7 @@ from planners.budget import Preset
 from planners.pipeline import PipelineConfig, plan_and_preprocess
 from planners.planner import PlannerConfig
 from planners.plans import Plans, load_plans
-from preprocessing.cli_support import DATASET_FLAGS, run_app
+from preprocessing.cli_support import DATASET_FLAGS, entry_points
 from preprocessing.paths import preprocessed_root, raw_root
 
 app = typer.Typer(add_completion=False, help="Plan a federation and preprocess every client's data.")
@@ -120,13 +120,7 @@ def _default_target() -> Target:
     return Target.gpu if torch.cuda.is_available() else Target.cpu
 
 
-def main(argv: list[str] | None = None) -> int:
-    return run_app(app, argv, multi_value_flags=DATASET_FLAGS)
-
-
-def entry() -> None:
-    raise SystemExit(main())
-
+main, entry = entry_points(app, DATASET_FLAGS)
 
 if __name__ == "__main__":
     entry()

@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from preprocessing.cli_support import run_app
+from preprocessing.cli_support import entry_points
 from preprocessing.convert import (ConversionResult, LabelMap, OutputConfig, Pairs2DConfig,
                                    VolumePairsConfig, convert_pairs_2d, convert_volume_pairs,
                                    parse_name_list)
@@ -130,13 +130,7 @@ def _print_summary(result: ConversionResult) -> None:
         console.print(f"  [yellow]note:[/] {escape(note)}")
 
 
-def main(argv: list[str] | None = None) -> int:
-    return run_app(app, argv)
-
-
-def entry() -> None:
-    raise SystemExit(main())
-
+main, entry = entry_points(app)
 
 if __name__ == "__main__":
     entry()

@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from preprocessing.cli_support import run_app
+from preprocessing.cli_support import entry_points
 from preprocessing.demo import WrittenDataset, write_demo_federation
 
 
@@ -53,15 +53,7 @@ def _summary(written: list[WrittenDataset], out: Path, seed: int, size: str) -> 
     return table
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the command and return its exit code (1 with a message for user errors)."""
-    return run_app(app, argv)
-
-
-def entry() -> None:
-    """Console-script entry point: exit with main's code."""
-    raise SystemExit(main())
-
+main, entry = entry_points(app)
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    entry()

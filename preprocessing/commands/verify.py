@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-from preprocessing.cli_support import DATASET_FLAGS, run_app
+from preprocessing.cli_support import DATASET_FLAGS, entry_points
 from preprocessing.dataset import find_dataset_folder
 from preprocessing.errors import DatasetError
 from preprocessing.integrity import IntegrityReport, verify_dataset
@@ -58,13 +58,7 @@ def _verify_with_progress(folder: Path, console: Console) -> IntegrityReport:
         return verify_dataset(folder, on_case=lambda _case: progress.advance(task))
 
 
-def main(argv: list[str] | None = None) -> int:
-    return run_app(app, argv, multi_value_flags=DATASET_FLAGS)
-
-
-def entry() -> None:
-    raise SystemExit(main())
-
+main, entry = entry_points(app, DATASET_FLAGS)
 
 if __name__ == "__main__":
     entry()
