@@ -15,7 +15,7 @@ from typing import Protocol
 import numpy as np
 
 from planners.causal_graph import learn_causal_graph
-from planners.fingerprint import CaseFingerprint, DatasetFingerprint, combine_fingerprints, fingerprint_case
+from planners.fingerprint import CaseFingerprint, combine_fingerprints, fingerprint_case
 from planners.node_selection import select_nodes
 from planners.planner import ClientFacts, PlannerConfig, make_plans
 from planners.plans import PLANS_FILE, CausalGraphPlan, ClientPlan, Plans, save_plans
