@@ -10,7 +10,7 @@ import pytest
 
 from planners.budget import CPU_EFFECTIVE_FLOPS, GPU_ACTIVATION_SHARE, TRAIN_FLOPS_PER_FORWARD_FLOP, Preset, sample_cost
 from planners.errors import PlanError
-from planners.fingerprint import CaseFingerprint, IntensityStats, combine_fingerprints
+from planners.fingerprint import CaseFingerprint, combine_fingerprints
 from planners.planner import ClientFacts, PlannerConfig, make_plans, target_spacing
 from planners.plans import CausalGraphPlan, load_plans, plans_to_dict, save_plans
 from planners.topology import pooling_topology
