@@ -1,0 +1,186 @@
+"""The run configuration: every training choice the plan does not make, in one frozen object.
+
+The plan decides shapes (patches, widths, graphs, schedule); this decides how long and how hard
+to train, which method and ablations run, and the loss weights. It is written beside every run
+(``config.json``) and compared on ``--resume``, so a run can always be reproduced from its folder.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields, replace
+from enum import Enum
+from typing import Any
+
+from mucald_unet.training.augmentation import AugmentationConfig
+from mucald_unet.errors import TrainingError
+
+
+class Method(str, Enum):
+    """The four ways to train one federation; all share one code path."""
+
+    MUCALD = "mucald"  # split network + CRDM at both split points + DACA
+    SPLITFED = "splitfed"  # the same split network, plain
+    LOCAL = "local"  # every client trains its own full network alone
+    CENTRALIZED = "centralized"  # all data in one place, one shared middle (non-private reference)
+
+
+class Ablation(str, Enum):
+    NO_DACA = "no-daca"  # no domain discriminators
+    NO_CRDM = "no-crdm"  # no CRDM at either split point (DACA stays)
+    NO_CAUSAL = "no-causal"  # the SCM is replaced by one plain MLP over all exogenous nodes
+    NO_DIFFUSION = "no-diffusion"  # no noising and no denoiser; causal latent and proxy losses stay
+    NO_FORWARD_NOISE = "no-forward-noise"  # the denoiser runs, but on clean features (eps = 0)
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    """Targets of the auxiliary weights, reached after the warm-up and ramp (MUCALD.md)."""
+
+    proxy: float = 0.40
+    diffusion: float = 0.40
+    kl_u: float = 1e-4
+    kl_z: float = 1e-4
+    adversarial: float = 0.10
+    ce_in_seg: float = 0.5  # seg = Dice + ce_in_seg * CE
+
+
+@dataclass(frozen=True)
+class AuxiliarySchedule:
+    """Warm-up then linear ramp of the auxiliary weights over GLOBAL progress (0..1 of the run).
+
+    The published code restarted its warm-up every round, so with few local epochs the CRDM
+    losses never switched on; here progress counts across rounds.
+    """
+
+    warmup_fraction: float = 0.1
+    ramp_fraction: float = 0.2
+
+    def factor(self, progress: float) -> float:
+        if progress < self.warmup_fraction:
+            return 0.0
+        if self.ramp_fraction <= 0:
+            return 1.0
+        return min(1.0, (progress - self.warmup_fraction) / self.ramp_fraction)
+
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    """AdamW groups as MUCALD.md: networks and denoisers at ``lr``, encoders and SCMs at ``aux_lr``."""
+
+    lr: float = 1e-3
+    aux_lr: float = 5e-4
+    weight_decay: float = 3e-5
+    discriminator_lr: float = 1e-4
+    grad_clip: float = 12.0
+
+
+@dataclass(frozen=True)
+class CrdmConfig:
+    """How CRDM is sized and how much noise the segmentation path may see.
+
+    ``max_noise_gain`` bounds sqrt((1 - a_bar_t) / a_bar_t), the factor by which the denoiser's
+    error reaches the segmentation path; training timesteps are drawn only where the gain is
+    within it, and evaluation uses the plan's eval timestep, which must lie inside that range.
+    None means "the gain at the plan's eval timestep", so training never sees more noise than
+    evaluation and evaluation sits at the top of the trained range.
+    """
+
+    max_noise_gain: float | None = None
+    denoiser_width_factor: int = 2  # hidden channels = factor x split width, at half resolution
+    scm_hidden: int = 128
+    weak_proxy_scale: float = 0.25  # proxy weight for clients whose graph has no edges
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    method: Method = Method.MUCALD
+    ablations: frozenset[Ablation] = frozenset()
+    rounds: int = 10
+    local_epochs: int = 1
+    iterations_per_epoch: int = 25
+    fold: int = 0
+    seed: int = 0
+    device: str = "cpu"
+    aggregation: str = "equal"
+    fedprox_mu: float = 1e-3
+    losses: LossWeights = field(default_factory=LossWeights)
+    schedule: AuxiliarySchedule = field(default_factory=AuxiliarySchedule)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    crdm: CrdmConfig = field(default_factory=CrdmConfig)
+    augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
+
+    def __post_init__(self) -> None:
+        for name in ("rounds", "local_epochs", "iterations_per_epoch"):
+            if getattr(self, name) < 1:
+                raise TrainingError(f"{name} must be at least 1 (got {getattr(self, name)}).")
+        if self.ablations and self.method is not Method.MUCALD:
+            raise TrainingError(f"ablations ({', '.join(sorted(a.value for a in self.ablations))}) switch "
+                            f"off parts of mucald; --method {self.method.value} has none. Fix: use "
+                            "--method mucald with --ablate.")
+
+    @property
+    def uses_crdm(self) -> bool:
+        return self.method is Method.MUCALD and Ablation.NO_CRDM not in self.ablations
+
+    @property
+    def uses_daca(self) -> bool:
+        return self.method is Method.MUCALD and Ablation.NO_DACA not in self.ablations
+
+    @property
+    def federated(self) -> bool:
+        """Whether server segments are averaged across clients at each round's end."""
+        return self.method in (Method.MUCALD, Method.SPLITFED)
+
+    @property
+    def run_name(self) -> str:
+        """Folder name of the run: the method, then its ablations in a fixed order."""
+        return "__".join([self.method.value] + sorted(a.value for a in self.ablations))
+
+    @property
+    def iterations_per_round(self) -> int:
+        return self.local_epochs * self.iterations_per_epoch
+
+    def progress(self, round_index: int, step: int) -> float:
+        """Fraction of the whole run done at ``step`` (0-based) of round ``round_index`` (0-based)."""
+        return (round_index + step / self.iterations_per_round) / self.rounds
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["method"] = self.method.value
+        data["ablations"] = sorted(a.value for a in self.ablations)
+        data["augmentation"] = self.augmentation.to_dict()
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainingConfig":
+        data = dict(data)
+        nested = {"losses": LossWeights, "schedule": AuxiliarySchedule, "optimizer": OptimizerConfig,
+                  "crdm": CrdmConfig}
+        for key, kind in nested.items():
+            if key in data:
+                data[key] = kind(**data[key])
+        if "augmentation" in data:
+            data["augmentation"] = AugmentationConfig.from_dict(data["augmentation"])
+        data["method"] = Method(data.get("method", Method.MUCALD.value))
+        data["ablations"] = frozenset(Ablation(a) for a in data.get("ablations", ()))
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise TrainingError(f"unknown training settings: {', '.join(sorted(unknown))}.")
+        return cls(**data)
+
+    def with_overrides(self, **changes: Any) -> "TrainingConfig":
+        return replace(self, **changes)
+
+
+def parse_ablations(text: str | None) -> frozenset[Ablation]:
+    """``"no-daca,no-crdm"`` -> the set; an unknown name lists the valid ones."""
+    if not text:
+        return frozenset()
+    valid = {a.value: a for a in Ablation}
+    chosen = set()
+    for name in (part.strip() for part in text.split(",") if part.strip()):
+        if name not in valid:
+            raise TrainingError(f"unknown ablation {name!r}. Fix: use any of {', '.join(valid)}, comma-separated.")
+        chosen.add(valid[name])
+    return frozenset(chosen)

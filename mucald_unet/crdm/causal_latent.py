@@ -1,0 +1,129 @@
+"""The causal half of CRDM: exogenous encoder, neural SCM over the client's DAG, proxy prior.
+
+Node order and parents come from the client's plan (its learned graph); every client has the
+federation's K = num_nodes x node_dim latent so the exogenous encoder can be averaged. A client
+with fewer planned nodes pads with parentless, unsupervised nodes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from mucald_unet.networks.layers import conv, global_average_pool, group_norm
+from planners.plans import CausalGraphPlan
+
+
+@dataclass(frozen=True)
+class NodeGraph:
+    """Parents of each of the K node slots by index, in a topological order of the slots."""
+
+    names: tuple[str, ...]
+    parents: tuple[tuple[int, ...], ...]
+    order: tuple[int, ...]
+
+    @classmethod
+    def from_plan(cls, graph: CausalGraphPlan, num_nodes: int) -> "NodeGraph":
+        names = list(graph.nodes[:num_nodes])
+        names += [f"unused_{i}" for i in range(len(names), num_nodes)]
+        index = {name: i for i, name in enumerate(names)}
+        parents = tuple(tuple(index[p] for p in graph.parents.get(name, ()) if p in index) for name in names)
+        return cls(tuple(names), parents, _topological_order(parents))
+
+    @classmethod
+    def empty(cls, num_nodes: int) -> "NodeGraph":
+        return cls(tuple(f"node_{i}" for i in range(num_nodes)), tuple(() for _ in range(num_nodes)),
+                   tuple(range(num_nodes)))
+
+
+def _topological_order(parents: tuple[tuple[int, ...], ...]) -> tuple[int, ...]:
+    order: list[int] = []
+    remaining = set(range(len(parents)))
+    while remaining:
+        ready = sorted(i for i in remaining if all(p in order for p in parents[i]))
+        if not ready:
+            raise ValueError(f"the causal graph has a cycle among nodes {sorted(remaining)}")
+        order.extend(ready)
+        remaining -= set(ready)
+    return tuple(order)
+
+
+class ExogenousEncoder(nn.Module):
+    """Features -> per-node (mu, logvar) of the exogenous noise u, pooled over space.
+
+    Two conv-GroupNorm-SiLU layers (the first strided: the heads are pooled anyway, so
+    full resolution would only cost time), then 1x1 heads per node.
+    """
+
+    def __init__(self, spatial_dims: int, channels: int, num_nodes: int, node_dim: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(conv(spatial_dims, channels, channels, stride=2), group_norm(channels), nn.SiLU(),
+                                  conv(spatial_dims, channels, channels), group_norm(channels), nn.SiLU())
+        self.mu = conv(spatial_dims, channels, num_nodes * node_dim, kernel_size=1)
+        self.logvar = conv(spatial_dims, channels, num_nodes * node_dim, kernel_size=1)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        h = self.body(x)
+        return global_average_pool(self.mu(h)), global_average_pool(self.logvar(h)).clamp(-10.0, 10.0)
+
+
+def mlp(in_features: int, hidden: int, out_features: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
+                         nn.Linear(hidden, out_features))
+
+
+class NeuralSCM(nn.Module):
+    """z_i = MLP_i([u_i, z_parents(i)]) in topological order; z_causal = concat(z_i)."""
+
+    def __init__(self, graph: NodeGraph, node_dim: int, hidden: int) -> None:
+        super().__init__()
+        self.graph = graph
+        self.node_dim = node_dim
+        self.mechanisms = nn.ModuleList(
+            mlp(node_dim * (1 + len(graph.parents[i])), hidden, node_dim) for i in range(len(graph.names)))
+        # learned per-node log-variance of q(z_i); created with the module, so it is in the optimiser
+        self.z_logvar = nn.Parameter(torch.zeros(len(graph.names), node_dim))
+
+    def forward(self, u: Tensor) -> Tensor:
+        d = self.node_dim
+        nodes: list[Tensor | None] = [None] * len(self.graph.names)
+        for i in self.graph.order:
+            inputs = [u[:, i * d:(i + 1) * d]] + [nodes[p] for p in self.graph.parents[i]]
+            nodes[i] = self.mechanisms[i](torch.cat(inputs, dim=1))
+        return torch.cat(nodes, dim=1)
+
+
+class PlainLatentMap(NeuralSCM):
+    """The no-causal ablation: one MLP over all exogenous nodes at once, no graph structure."""
+
+    def __init__(self, num_nodes: int, node_dim: int, hidden: int) -> None:
+        super().__init__(NodeGraph.empty(num_nodes), node_dim, hidden)
+        self.mechanisms = nn.ModuleList([mlp(num_nodes * node_dim, hidden, num_nodes * node_dim)])
+
+    def forward(self, u: Tensor) -> Tensor:
+        return self.mechanisms[0](u)
+
+
+class ProxyPrior(nn.Module):
+    """Proxy vector (missing entries zeroed, mask appended) -> prior (mu_p, logvar_p) per node."""
+
+    def __init__(self, num_nodes: int, node_dim: int, hidden: int = 64) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(2 * num_nodes, hidden), nn.ReLU(),
+                                 nn.Linear(hidden, 2 * num_nodes * node_dim))
+
+    def forward(self, proxies: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        out = self.net(torch.cat([torch.where(mask, proxies, 0.0), mask.to(proxies.dtype)], dim=1))
+        mu, logvar = out.chunk(2, dim=1)
+        return mu, logvar.clamp(-10.0, 10.0)
+
+
+def gaussian_kl(mu_q: Tensor, logvar_q: Tensor, mu_p: Tensor | None = None,
+                logvar_p: Tensor | None = None) -> Tensor:
+    """KL(N(mu_q, e^logvar_q) || N(mu_p, e^logvar_p)) summed over dims, averaged over the batch."""
+    mu_p = torch.zeros_like(mu_q) if mu_p is None else mu_p
+    logvar_p = torch.zeros_like(logvar_q) if logvar_p is None else logvar_p
+    kl = 0.5 * (logvar_p - logvar_q + (logvar_q.exp() + (mu_q - mu_p) ** 2) / logvar_p.exp() - 1)
+    return kl.flatten(1).sum(dim=1).mean()

@@ -1,0 +1,51 @@
+"""Forward noising at a split point, as its own object (diffusers' DDPMScheduler underneath).
+
+Besides ``add_noise`` it knows the noise *gain* sqrt((1 - a_bar_t) / a_bar_t): the factor by
+which the denoiser's error reaches the segmentation path through x0_hat. The published code drew
+t up to T - 1, where the gain is ~8,000; we draw training timesteps only where the gain is bounded.
+"""
+
+from __future__ import annotations
+
+import torch
+from diffusers import DDPMScheduler
+from torch import Tensor
+
+from planners.plans import DiffusionPlan
+
+
+class NoiseSchedule:
+    def __init__(self, plan: DiffusionPlan, max_noise_gain: float | None = None) -> None:
+        self.scheduler = DDPMScheduler(num_train_timesteps=plan.num_train_timesteps,
+                                       beta_schedule=plan.beta_schedule, clip_sample=False)
+        self.alphas_cumprod = self.scheduler.alphas_cumprod.to(torch.float64)
+        self.num_timesteps = plan.num_train_timesteps
+        self.eval_timestep = min(plan.eval_timestep, self.num_timesteps - 1)
+        gains = self.noise_gain(torch.arange(self.num_timesteps))
+        limit = float(gains[self.eval_timestep]) if max_noise_gain is None else max_noise_gain
+        allowed = torch.nonzero(gains <= limit * (1 + 1e-9)).flatten()
+        if len(allowed) < 2 or int(allowed.max()) < self.eval_timestep:
+            raise ValueError(f"max_noise_gain {limit:.3g} excludes the eval timestep {self.eval_timestep} "
+                             f"(gain {float(gains[self.eval_timestep]):.3g}); raise it or lower the eval timestep.")
+        self.max_train_timestep = int(allowed.max())
+
+    def noise_gain(self, timesteps: Tensor) -> Tensor:
+        a_bar = self.alphas_cumprod[timesteps.long().cpu()]
+        return torch.sqrt((1 - a_bar) / a_bar)
+
+    def sample_timesteps(self, batch: int, device: torch.device) -> Tensor:
+        """t ~ U{1..t_max}, t_max the last timestep whose gain is within the bound."""
+        return torch.randint(1, self.max_train_timestep + 1, (batch,), device=device)
+
+    def eval_timesteps(self, batch: int, device: torch.device) -> Tensor:
+        return torch.full((batch,), self.eval_timestep, device=device, dtype=torch.long)
+
+    def add_noise(self, x: Tensor, noise: Tensor, timesteps: Tensor) -> Tensor:
+        """x_t = sqrt(a_bar_t) x + sqrt(1 - a_bar_t) eps."""
+        return self.scheduler.add_noise(x, noise, timesteps)
+
+    def predict_clean(self, x_t: Tensor, eps_pred: Tensor, timesteps: Tensor) -> Tensor:
+        """x0_hat = (x_t - sqrt(1 - a_bar_t) eps_pred) / sqrt(a_bar_t)."""
+        a_bar = self.alphas_cumprod[timesteps.long().cpu()].to(device=x_t.device, dtype=x_t.dtype)
+        a_bar = a_bar.view(-1, *([1] * (x_t.ndim - 1)))
+        return (x_t - torch.sqrt(1 - a_bar) * eps_pred) / torch.sqrt(a_bar)

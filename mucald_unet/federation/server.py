@@ -1,0 +1,253 @@
+"""The server role: the U-Net body (SS), the domain discriminators, and aggregation.
+
+Everything here sees only what crosses the boundary: split-point features and gradients,
+shared-module weights and round-end scalars. It answers ``Message``s (``handle``), so the same
+object serves an in-memory simulation or a network front end.
+
+Server segments by method: federated runs keep one copy per client during a round and average
+them when every client has reported (FedAvg family, FedProx towards the last average); ``local``
+keeps per-client copies that are never averaged; ``centralized`` uses one segment for all.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from mucald_unet.config import Method, TrainingConfig
+from mucald_unet.daca.discriminator import DomainDiscriminator
+from mucald_unet.daca.gradient_reversal import reverse_gradient
+from mucald_unet.errors import DivergenceError, TrainingError
+from mucald_unet.federation.aggregation import (ClientReport, fedprox_penalty, strategy_from_name,
+                                                weighted_average)
+from mucald_unet.federation.messages import VALIDATION_STEP, Kind, Message
+from mucald_unet.networks.segments import build_server_segment
+from planners.plans import FederationPlan
+
+
+@dataclass
+class _Pending:
+    """Forward state of one client's step, kept until its gradient arrives."""
+
+    inputs: Tensor
+    outputs: Tensor
+    adversarial: list[Tensor]
+
+
+@dataclass
+class _RoundMetrics:
+    sums: dict[str, float] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def add(self, name: str, value: float) -> None:
+        self.sums[name] = self.sums.get(name, 0.0) + value
+        self.counts[name] = self.counts.get(name, 0) + 1
+
+    def means(self) -> dict[str, float]:
+        return {k: self.sums[k] / self.counts[k] for k in self.sums}
+
+
+class SplitServer:
+    def __init__(self, federation: FederationPlan, client_names: list[str], config: TrainingConfig) -> None:
+        self.config = config
+        self.clients = list(client_names)
+        self.device = torch.device(config.device)
+        self.strategy = strategy_from_name(config.aggregation)
+        self.global_segment = build_server_segment(federation).to(self.device)
+        if config.method is Method.CENTRALIZED:
+            self.segments = {c: self.global_segment for c in self.clients}
+            shared_optimizer = self._segment_optimizer(self.global_segment)
+            self.optimizers = {c: shared_optimizer for c in self.clients}
+        else:
+            self.segments = {c: copy.deepcopy(self.global_segment) for c in self.clients}
+            self.optimizers = {c: self._segment_optimizer(m) for c, m in self.segments.items()}
+        self.reference = self._snapshot(self.global_segment)
+        self.discriminators = nn.ModuleDict()
+        if config.uses_daca:
+            dims, channels = federation.server_segment.spatial_dims, federation.split_channels
+            for split in ("split1", "split2"):
+                self.discriminators[split] = DomainDiscriminator(dims, channels, len(self.clients))
+            self.discriminators.to(self.device)
+        self.discriminator_optimizer = (torch.optim.Adam(self.discriminators.parameters(),
+                                                         lr=config.optimizer.discriminator_lr)
+                                        if config.uses_daca else None)
+        self.num_samples: dict[str, int] = {}
+        self.shared_global: dict[str, Tensor] = {}
+        self._uploads: dict[str, dict[str, Tensor]] = {}
+        self._reports: dict[str, ClientReport] = {}
+        self._pending: dict[str, _Pending] = {}
+        self._backward_done: dict[int, set[str]] = {}
+        self._metrics = {c: _RoundMetrics() for c in self.clients}
+
+    def _segment_optimizer(self, module: nn.Module) -> torch.optim.Optimizer:
+        opt = self.config.optimizer
+        return torch.optim.AdamW(module.parameters(), lr=opt.lr, weight_decay=opt.weight_decay)
+
+    @staticmethod
+    def _snapshot(module: nn.Module) -> dict[str, Tensor]:
+        return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+    # ---- message dispatch -------------------------------------------------------------------
+    def handle(self, message: Message) -> Message:
+        if message.client not in self.clients:
+            raise TrainingError(f"message from unknown client {message.client!r}")
+        key = (message.kind, message.name)
+        if key == (Kind.REPORT, "join"):
+            self.num_samples[message.client] = int(message.scalars["num_samples"])
+            return self._ack(message)
+        if key == (Kind.FEATURES, "split1"):
+            return self._forward(message)
+        if key == (Kind.GRADIENT, "split2"):
+            return self._backward(message)
+        if key == (Kind.WEIGHTS, "shared"):
+            self._uploads[message.client] = dict(message.tensors)
+            return self._ack(message)
+        if key == (Kind.REPORT, "round"):
+            return self._report(message)
+        if key == (Kind.WEIGHTS, "fetch"):
+            return self._reply(message, Kind.WEIGHTS, "shared", dict(self.shared_global))
+        raise TrainingError(f"the server does not understand {message.kind.value}/{message.name}")
+
+    @staticmethod
+    def _reply(message: Message, kind: Kind, name: str, tensors: dict[str, Tensor] | None = None) -> Message:
+        return Message(message.client, kind, name, message.round, message.step, tensors or {})
+
+    def _ack(self, message: Message) -> Message:
+        return self._reply(message, Kind.ACK, message.name)
+
+    # ---- split training ---------------------------------------------------------------------
+    def _forward(self, message: Message) -> Message:
+        client = message.client
+        segment = self.segments[client]
+        features = message.tensors["features"]
+        if message.step == VALIDATION_STEP:
+            segment.eval()
+            with torch.no_grad():
+                return self._reply(message, Kind.FEATURES, "split2", {"features": segment(features)})
+        segment.train()
+        inputs = features.requires_grad_(True)
+        outputs = segment(inputs)
+        adversarial = []
+        if self.discriminators:
+            weight = self._adversarial_weight(client, message.round, message.step)
+            domain = torch.full((inputs.shape[0],), self.clients.index(client), device=self.device)
+            for split, seen in (("split1", inputs), ("split2", outputs)):
+                logits = self.discriminators[split](reverse_gradient(seen, weight))
+                loss = nn.functional.cross_entropy(logits, domain)
+                adversarial.append(loss)
+                self._metrics[client].add(f"disc_{split}", float(loss.detach()))
+                self._metrics[client].add(f"disc_acc_{split}",
+                                          float((logits.argmax(1) == domain).float().mean()))
+        self._pending[client] = _Pending(inputs, outputs, adversarial)
+        return self._reply(message, Kind.FEATURES, "split2", {"features": outputs.detach()})
+
+    def _adversarial_weight(self, client: str, round_index: int, step: int) -> float:
+        """lambda_adv x global ramp x client_size / max_size (MUCALD.md)."""
+        sizes = self.num_samples
+        size_weight = sizes.get(client, 1) / max(sizes.values()) if sizes else 1.0
+        factor = self.config.schedule.factor(self.config.progress(round_index, step))
+        return self.config.losses.adversarial * factor * size_weight
+
+    def _backward(self, message: Message) -> Message:
+        client = message.client
+        pending = self._pending.pop(client, None)
+        if pending is None:
+            raise TrainingError(f"{client} sent a gradient without a forward pass in step {message.step}")
+        segment, optimizer = self.segments[client], self.optimizers[client]
+        loss = (pending.outputs * message.tensors["gradient"]).sum() + sum(pending.adversarial)
+        if self.config.federated and self.config.fedprox_mu > 0:
+            proximal = fedprox_penalty(segment, self.reference, self.config.fedprox_mu)
+            self._metrics[client].add("fedprox", float(proximal.detach()))
+            loss = loss + proximal
+        if not torch.isfinite(loss):
+            raise DivergenceError(client, "server segment", message.round)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(segment.parameters(), self.config.optimizer.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        self._step_discriminators_when_all_seen(client, message.step)
+        return self._reply(message, Kind.GRADIENT, "split1", {"gradient": pending.inputs.grad})
+
+    def _step_discriminators_when_all_seen(self, client: str, step: int) -> None:
+        """One discriminator update per step, on the gradients of every client's batch, so each
+        update sees all domains."""
+        if self.discriminator_optimizer is None:
+            return
+        seen = self._backward_done.setdefault(step, set())
+        seen.add(client)
+        if seen >= set(self.clients):
+            self.discriminator_optimizer.step()
+            self.discriminator_optimizer.zero_grad(set_to_none=True)
+            del self._backward_done[step]
+
+    # ---- round end --------------------------------------------------------------------------
+    def _report(self, message: Message) -> Message:
+        s = message.scalars
+        self._reports[message.client] = ClientReport(message.client, int(s["num_samples"]),
+                                                     float(s.get("proxy_mse", float("nan"))),
+                                                     float(s.get("val_loss", float("nan"))))
+        if set(self._reports) >= set(self.clients):
+            self._aggregate()
+        return self._ack(message)
+
+    def aggregation_weights(self) -> dict[str, float]:
+        reports = [self._reports[c] for c in self.clients]
+        return dict(zip(self.clients, (float(w) for w in self.strategy.weights(reports))))
+
+    def _aggregate(self) -> None:
+        weights = self.aggregation_weights()
+        self.last_weights = weights
+        w = [weights[c] for c in self.clients]
+        if self.config.federated:
+            averaged = weighted_average([self.segments[c].state_dict() for c in self.clients], w)
+            self.global_segment.load_state_dict(averaged)
+            for segment in self.segments.values():
+                segment.load_state_dict(averaged)
+            self.reference = self._snapshot(self.global_segment)
+        if self._uploads:
+            missing = set(self.clients) - set(self._uploads)
+            if missing:
+                raise TrainingError(f"no shared weights from {', '.join(sorted(missing))} this round")
+            self.shared_global = weighted_average([self._uploads[c] for c in self.clients], w)
+        self._uploads.clear()
+        self._reports.clear()
+
+    def pop_round_metrics(self) -> dict[str, dict[str, float]]:
+        metrics = {c: m.means() for c, m in self._metrics.items()}
+        self._metrics = {c: _RoundMetrics() for c in self.clients}
+        return metrics
+
+    # ---- checkpoints ------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        unique_optimizers = {id(o): o for o in self.optimizers.values()}
+        return {
+            "global_segment": self.global_segment.state_dict(),
+            "segments": {c: m.state_dict() for c, m in self.segments.items()},
+            "optimizers": {c: o.state_dict() for c, o in self.optimizers.items()}
+            if len(unique_optimizers) > 1 else {"shared": next(iter(unique_optimizers.values())).state_dict()},
+            "reference": self.reference,
+            "discriminators": self.discriminators.state_dict(),
+            "discriminator_optimizer": (self.discriminator_optimizer.state_dict()
+                                        if self.discriminator_optimizer else None),
+            "num_samples": dict(self.num_samples),
+            "shared_global": self.shared_global,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.global_segment.load_state_dict(state["global_segment"])
+        for c, module in self.segments.items():
+            module.load_state_dict(state["segments"][c])
+        if "shared" in state["optimizers"]:
+            next(iter(self.optimizers.values())).load_state_dict(state["optimizers"]["shared"])
+        else:
+            for c, optimizer in self.optimizers.items():
+                optimizer.load_state_dict(state["optimizers"][c])
+        self.reference = {k: v.to(self.device) for k, v in state["reference"].items()}
+        self.discriminators.load_state_dict(state["discriminators"])
+        if self.discriminator_optimizer is not None:
+            self.discriminator_optimizer.load_state_dict(state["discriminator_optimizer"])
+        self.num_samples = dict(state["num_samples"])
+        self.shared_global = {k: v.to(self.device) for k, v in state["shared_global"].items()}

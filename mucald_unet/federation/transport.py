@@ -1,0 +1,74 @@
+"""The boundary between a client and the server, as an interface.
+
+Split learning is client-driven request/response: the client sends features and receives the
+server's output, sends a gradient and receives one back, uploads weights and fetches the
+average. ``Transport.request`` is that one operation; a network transport implements it over a
+socket without touching the training code. The in-memory transport used for simulation hands
+over detached copies (nothing shares memory or an autograd graph across the boundary) and
+records every message in a manifest.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Protocol
+
+from mucald_unet.federation.messages import Direction, ManifestEntry, Message
+from preprocessing.atomic import write_text_atomic
+
+
+class ServerEndpoint(Protocol):
+    def handle(self, message: Message) -> Message: ...
+
+
+class Transport(Protocol):
+    def request(self, message: Message) -> Message: ...
+
+
+def _handover(message: Message, device) -> Message:
+    """What the other side receives: fresh leaf tensors on its device, same values."""
+    tensors = {k: t.detach().to(device, copy=True) for k, t in message.tensors.items()}
+    return Message(message.client, message.kind, message.name, message.round, message.step,
+                   tensors, dict(message.scalars))
+
+
+class InMemoryTransport:
+    """Client and server in one process; every message is copied and recorded."""
+
+    def __init__(self, server: ServerEndpoint, server_device="cpu", client_device="cpu",
+                 record: bool = True) -> None:
+        self.server = server
+        self.server_device = server_device
+        self.client_device = client_device
+        self.record = record
+        self.manifest: list[ManifestEntry] = []
+
+    def request(self, message: Message) -> Message:
+        if self.record:
+            self.manifest.append(ManifestEntry.of(message, Direction.TO_SERVER))
+        reply = self.server.handle(_handover(message, self.server_device))
+        if self.record:
+            self.manifest.append(ManifestEntry.of(reply, Direction.TO_CLIENT))
+        return _handover(reply, self.client_device)
+
+    def drain_manifest(self) -> list[ManifestEntry]:
+        """Entries recorded since the last drain (the trainer writes them out each round)."""
+        entries, self.manifest = self.manifest, []
+        return entries
+
+
+class LoopbackTransport(InMemoryTransport):
+    """For local and centralized training: the 'server' part runs where the data is, so nothing
+    crosses a boundary and nothing is recorded; the code path stays the same."""
+
+    def __init__(self, server: ServerEndpoint, device="cpu") -> None:
+        super().__init__(server, device, device, record=False)
+
+
+def append_manifest(path: Path, entries: list[ManifestEntry]) -> None:
+    """Append entries as JSON lines; rewritten atomically so a crash never leaves half a line."""
+    path = Path(path)
+    old = path.read_text(encoding="utf-8") if path.is_file() else ""
+    new = "".join(json.dumps(e.to_dict()) + "\n" for e in entries)
+    write_text_atomic(path, old + new)
