@@ -1,0 +1,120 @@
+"""``mucald_train``: split-federated training of planned clients (mucald, baselines, ablations)."""
+
+from __future__ import annotations
+
+import time
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import torch
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from mucald_unet.config import Method, OptimizerConfig, TrainingConfig, parse_ablations
+from mucald_unet.errors import TrainingError
+from mucald_unet.training.trainer import FederatedTrainer, run_folder_for
+from planners.locate import client_names, find_plans
+from preprocessing.cli_support import DATASET_FLAGS, entry_points
+from preprocessing.paths import preprocessed_root, results_root
+
+app = typer.Typer(add_completion=False, help="Train a planned federation split-federated.")
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class Aggregation(str, Enum):
+    equal = "equal"
+    samples = "samples"
+    causal = "causal"
+
+
+class RichTrainingReporter:
+    """One bar over all steps of the run; the description names round, client and last loss."""
+
+    def __init__(self, progress: Progress, rounds: int) -> None:
+        self.progress, self.rounds = progress, rounds
+        self.task = None
+        self.started = time.perf_counter()
+        self.steps = 0
+
+    def start(self, total_steps: int, done_steps: int) -> None:
+        self.task = self.progress.add_task("starting", total=total_steps, completed=done_steps, rate="")
+        self.started = time.perf_counter()
+
+    def step(self, round_index: int, client: str, step: int, loss: float) -> None:
+        self.steps += 1
+        rate = self.steps / max(time.perf_counter() - self.started, 1e-9)
+        self.progress.update(self.task, advance=1, rate=f"{rate:.1f} it/s", description=(
+            f"round {round_index + 1}/{self.rounds} {client[:24]:<24} it {step + 1:>4} loss {loss:.3f}"))
+
+    def round_done(self, round_index: int, records: list[dict]) -> None:
+        dice = "  ".join(f"{r['client']}: {r['mean_val_dice']:.3f}" for r in records)
+        self.progress.console.print(f"round {round_index + 1}: validation Dice  {dice}")
+
+
+@app.command()
+def train(
+    datasets: Annotated[list[str], typer.Option("-d", "--dataset", help="Clients by dataset id: -d 1 2 3.")],
+    preprocessed: Annotated[Optional[Path], typer.Option(
+        "--preprocessed", help="Preprocessed folder (default: $MUCALD_PREPROCESSED).")] = None,
+    results: Annotated[Optional[Path], typer.Option("--results", help="Results folder (default: $MUCALD_RESULTS).")] = None,
+    method: Annotated[Method, typer.Option("--method", help="mucald, or a baseline on the same code path.")] = Method.MUCALD,
+    ablate: Annotated[Optional[str], typer.Option(
+        "--ablate", help="Comma-separated: no-daca,no-crdm,no-causal,no-diffusion,no-forward-noise.")] = None,
+    rounds: Annotated[int, typer.Option("--rounds", min=1, help="Communication rounds.")] = 10,
+    local_epochs: Annotated[int, typer.Option("--local-epochs", min=1, help="Local epochs per round.")] = 1,
+    iters: Annotated[int, typer.Option("--iters", min=1, help="Iterations per local epoch.")] = 25,
+    fold: Annotated[int, typer.Option("--fold", min=0, help="Validation fold (5-fold split per client).")] = 0,
+    seed: Annotated[int, typer.Option("--seed", help="Seed; equal seeds give equal weights on CPU.")] = 0,
+    aggregation: Annotated[Aggregation, typer.Option("--aggregation", help="Weights of the round average.")] = Aggregation.equal,
+    lr: Annotated[float, typer.Option("--lr", min=0.0, help="AdamW learning rate of the networks "
+                                                             "(encoders and SCMs use half).")] = OptimizerConfig.lr,
+    fedprox_mu: Annotated[float, typer.Option("--fedprox-mu", min=0.0, help="FedProx weight on SS.")] = 1e-3,
+    device: Annotated[Device, typer.Option("--device", help="auto uses CUDA when available.")] = Device.auto,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the run's last checkpoint.")] = False,
+) -> None:
+    """Train; checkpoints, log, curves and the message manifest land in the run's results folder."""
+    chosen_device = _device(device)
+    config = TrainingConfig(method=method, ablations=parse_ablations(ablate), rounds=rounds,
+                            local_epochs=local_epochs, iterations_per_epoch=iters, fold=fold, seed=seed,
+                            device=chosen_device, aggregation=aggregation.value, fedprox_mu=fedprox_mu,
+                            optimizer=OptimizerConfig(lr=lr, aux_lr=lr / 2))
+    plans_path = find_plans(preprocessed_root(preprocessed), datasets)
+    names = client_names(plans_path, datasets)
+    run_folder = run_folder_for(results_root(results), plans_path, config)
+    console = Console(highlight=False)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("eta"),
+                  TimeRemainingColumn(), console=console) as progress:
+        trainer = FederatedTrainer(plans_path, names, config, run_folder,
+                                   RichTrainingReporter(progress, rounds))
+        summary = trainer.run(resume=resume)
+    table = Table(title=f"{config.run_name}, fold {fold}: validation Dice after round {summary.rounds_done}")
+    table.add_column("client")
+    table.add_column("mean Dice", justify="right")
+    for name, dice in summary.final_dice.items():
+        table.add_row(name, f"{dice:.3f}")
+    console.print(table)
+    console.print(f"best mean Dice {summary.best_score:.3f}; run folder: {summary.run_folder}")
+
+
+def _device(choice: Device) -> str:
+    if choice is Device.cuda and not torch.cuda.is_available():
+        raise TrainingError("--device cuda was asked for, but torch sees no CUDA device. Fix: use --device cpu "
+                            "or install a CUDA build of torch.")
+    if choice is Device.auto:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return choice.value
+
+
+main, entry = entry_points(app, DATASET_FLAGS)
+
+if __name__ == "__main__":
+    entry()

@@ -1,0 +1,238 @@
+"""The client role: FE, both CRDMs, BE, the data, and every loss that needs images, labels or proxies.
+
+A training step is the split-learning exchange, driven from here:
+  image -> FE -> CRDM1 -> [features split1] -> server SS -> [features split2] -> CRDM2 -> BE -> loss
+  loss.backward -> [gradient split2] -> server -> [gradient split1] -> backward through CRDM1 and FE.
+Only the bracketed tensors cross, through the transport. CRDM2 runs here too, so its proxy loss
+is computed where the proxies live.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from mucald_unet.config import Ablation, TrainingConfig
+from mucald_unet.crdm.causal_latent import NodeGraph
+from mucald_unet.crdm.noise_schedule import NoiseSchedule
+from mucald_unet.crdm.split_point import CausalDiffusionSplit, SplitOptions, SplitResult
+from mucald_unet.errors import DivergenceError
+from mucald_unet.federation.messages import VALIDATION_STEP, Kind, Message
+from mucald_unet.federation.transport import Transport
+from mucald_unet.networks.segments import build_back_end, build_front_end
+from mucald_unet.training.augmentation import build_augmentation
+from mucald_unet.training.data import PatchSampler, TrainingCase
+from mucald_unet.training.losses import segmentation_loss, weighted_sum
+from mucald_unet.training.proxy_targets import ProxyTargets
+from mucald_unet.training.validation import dice_per_class, predict_case_logits
+from planners.plans import ClientPlan, FederationPlan
+
+SPLITS = ("crdm1", "crdm2")
+
+
+@dataclass(frozen=True)
+class ClientData:
+    train: list[TrainingCase]
+    validation: list[TrainingCase]
+    proxies: ProxyTargets
+
+
+@dataclass(frozen=True)
+class ClientValidation:
+    dice: dict[str, float]  # class name -> mean Dice over validation cases
+    loss: float  # mean segmentation loss over validation cases
+
+    @property
+    def mean_dice(self) -> float:
+        return float(np.nanmean(list(self.dice.values()))) if self.dice else float("nan")
+
+
+class SplitClient:
+    def __init__(self, name: str, federation: FederationPlan, plan: ClientPlan, config: TrainingConfig,
+                 data: ClientData, transport: Transport, seg_weight: float = 1.0) -> None:
+        self.name, self.plan, self.config, self.data = name, plan, config, data
+        self.transport = transport
+        self.seg_weight = seg_weight
+        self.device = torch.device(config.device)
+        self.front_end = build_front_end(federation, plan).to(self.device)
+        self.back_end = build_back_end(federation, plan).to(self.device)
+        self.splits = nn.ModuleDict()
+        if config.uses_crdm:
+            self._build_crdm(federation)
+        self.optimizer = self._build_optimizer()
+        self.sampler = PatchSampler(data.train, plan.patch_size, plan.batch_size, plan.foreground_oversampling,
+                                    plan.slice_axis, np.random.default_rng([config.seed, _stable_hash(name)]))
+        self.augment = build_augmentation(config.augmentation, plan.patch_size)
+        self.seg_loss = segmentation_loss(config.losses.ce_in_seg)
+        has_edges = any(plan.causal_graph.parents.values())
+        self.proxy_scale = 1.0 if has_edges else config.crdm.weak_proxy_scale
+        self._round_terms: dict[str, list[float]] = {}
+
+    def _build_crdm(self, federation: FederationPlan) -> None:
+        ablations = self.config.ablations
+        options = SplitOptions(causal_graph=Ablation.NO_CAUSAL not in ablations,
+                               diffusion=Ablation.NO_DIFFUSION not in ablations,
+                               forward_noise=Ablation.NO_FORWARD_NOISE not in ablations,
+                               denoiser_width=self.config.crdm.denoiser_width_factor * federation.split_channels,
+                               scm_hidden=self.config.crdm.scm_hidden)
+        schedule = NoiseSchedule(federation.diffusion, self.config.crdm.max_noise_gain)
+        graph = NodeGraph.from_plan(self.plan.causal_graph, federation.causal.num_nodes)
+        for split in SPLITS:
+            self.splits[split] = CausalDiffusionSplit(federation.server_segment.spatial_dims,
+                                                      federation.split_channels, graph,
+                                                      federation.causal.node_dim, schedule, options).to(self.device)
+
+    def _build_optimizer(self) -> torch.optim.Optimizer:
+        """AdamW; networks and denoisers at lr, exogenous encoders, SCMs and priors at aux_lr."""
+        main = list(self.front_end.parameters()) + list(self.back_end.parameters())
+        aux: list[nn.Parameter] = []
+        for split in self.splits.values():
+            main += list(split.denoiser.parameters()) if split.denoiser is not None else []
+            aux += [*split.exogenous.parameters(), *split.scm.parameters(), *split.prior.parameters()]
+        opt = self.config.optimizer
+        groups = [{"params": main, "lr": opt.lr, "name": "networks"}]
+        if aux:
+            groups.append({"params": aux, "lr": opt.aux_lr, "name": "causal"})
+        return torch.optim.AdamW(groups, weight_decay=opt.weight_decay)
+
+    def trainable_modules(self) -> dict[str, nn.Module]:
+        return {"front_end": self.front_end, "back_end": self.back_end, **dict(self.splits.items())}
+
+    def join(self) -> None:
+        """Tell the server how many training cases this client has (for size-weighted terms)."""
+        self.transport.request(Message(self.name, Kind.REPORT, "join", 0, 0,
+                                       scalars={"num_samples": float(len(self.data.train))}))
+
+    # ---- training ---------------------------------------------------------------------------
+    def train_step(self, round_index: int, step: int) -> float:
+        """One split step on one batch; returns the segmentation loss."""
+        for module in self.trainable_modules().values():
+            module.train()
+        batch = self.sampler.sample_batch()
+        images, labels = self.augment(batch.images, batch.labels)
+        images = torch.from_numpy(images).to(self.device)
+        labels = torch.from_numpy(labels.astype(np.int64)).to(self.device)
+        proxies, mask = self.data.proxies.batch(batch.case_ids, self.device)
+        factor = self.config.schedule.factor(self.config.progress(round_index, step))
+
+        head = self._through_split("crdm1", self.front_end(images), proxies, mask)
+        reply = self.transport.request(Message(self.name, Kind.FEATURES, "split1", round_index, step,
+                                               {"features": head.features}))
+        received = reply.tensors["features"].requires_grad_(True)
+        tail = self._through_split("crdm2", received, proxies, mask)
+        seg = self.seg_loss(self.back_end(tail.features), labels)
+
+        head_terms = {f"{k}1": v for k, v in head.losses.items()}
+        tail_terms = {"seg": seg, **{f"{k}2": v for k, v in tail.losses.items()}}
+        weights = self._term_weights(factor)
+        self._check_finite({**head_terms, **tail_terms}, round_index)
+        weighted_sum(tail_terms, weights).backward()
+        reply = self.transport.request(Message(self.name, Kind.GRADIENT, "split2", round_index, step,
+                                               {"gradient": received.grad}))
+        roots, grads = [head.features], [reply.tensors["gradient"]]
+        if head_terms:
+            roots.append(weighted_sum(head_terms, weights))
+            grads.append(torch.ones((), device=self.device))
+        torch.autograd.backward(roots, grads)
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        torch.nn.utils.clip_grad_norm_(params, self.config.optimizer.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        for name, value in {**head_terms, **tail_terms}.items():
+            self._round_terms.setdefault(name, []).append(float(value.detach()))
+        return float(seg.detach())
+
+    def _through_split(self, split: str, features: Tensor, proxies: Tensor, mask: Tensor) -> SplitResult:
+        if split not in self.splits:
+            return SplitResult(features)
+        return self.splits[split](features, proxies, mask)
+
+    def _term_weights(self, factor: float) -> dict[str, float]:
+        w = self.config.losses
+        weights = {"seg": self.seg_weight}
+        for s in ("1", "2"):
+            weights.update({f"proxy{s}": factor * w.proxy * self.proxy_scale, f"diffusion{s}": factor * w.diffusion,
+                            f"kl_u{s}": factor * w.kl_u, f"kl_z{s}": factor * w.kl_z})
+        return weights
+
+    def _check_finite(self, terms: dict[str, Tensor], round_index: int) -> None:
+        for name, value in terms.items():
+            if not torch.isfinite(value.detach()).all():
+                raise DivergenceError(self.name, name, round_index)
+
+    def pop_round_terms(self) -> dict[str, float]:
+        """Mean of each loss term over the round's steps (for the log and the report)."""
+        means = {k: float(np.mean(v)) for k, v in self._round_terms.items()}
+        self._round_terms = {}
+        return means
+
+    # ---- validation and inference -----------------------------------------------------------
+    def predict_window(self, images: Tensor, round_index: int = 0,
+                       noise_generator: torch.Generator | None = None) -> Tensor:
+        """Class logits of one batch of windows, through the server like training (eval mode)."""
+        features = self.front_end(images)
+        if "crdm1" in self.splits:
+            features = self.splits["crdm1"](features, noise_generator=noise_generator).features
+        reply = self.transport.request(Message(self.name, Kind.FEATURES, "split1", round_index,
+                                               VALIDATION_STEP, {"features": features}))
+        features = reply.tensors["features"]
+        if "crdm2" in self.splits:
+            features = self.splits["crdm2"](features, noise_generator=noise_generator).features
+        return self.back_end(features)
+
+    def validate(self, round_index: int) -> ClientValidation:
+        for module in self.trainable_modules().values():
+            module.eval()
+        generator = torch.Generator(device=self.device).manual_seed(self.config.seed * 1000 + round_index)
+        classes = [n for n, v in sorted(self.plan.labels.items(), key=lambda kv: kv[1]) if v > 0]
+        dices, losses = [], []
+        with torch.no_grad():
+            for case in self.data.validation:
+                logits = predict_case_logits(lambda w: self.predict_window(w, round_index, generator),
+                                             case.images, self.plan.patch_size, self.plan.slice_axis, self.device)
+                dices.append(dice_per_class(logits, case.label, self.plan.num_classes))
+                label = torch.from_numpy(case.label.astype(np.int64)).to(self.device)[None, None]
+                losses.append(float(self.seg_loss(logits[None], label)))
+        mean = np.nanmean(np.stack(dices), axis=0) if dices else np.full(len(classes), np.nan)
+        return ClientValidation(dict(zip(classes, (float(v) for v in mean))), float(np.mean(losses)))
+
+    # ---- round end --------------------------------------------------------------------------
+    def send_round_report(self, round_index: int, terms: dict[str, float], validation: ClientValidation) -> None:
+        proxy = [terms[k] for k in ("proxy1", "proxy2") if k in terms]
+        scalars = {"num_samples": float(len(self.data.train)), "val_loss": validation.loss,
+                   "proxy_mse": float(np.mean(proxy)) if proxy else float("nan")}
+        if self.splits:
+            shared = {f"{name}.{k}": v for name, split in self.splits.items() for k, v in split.shared_state().items()}
+            self.transport.request(Message(self.name, Kind.WEIGHTS, "shared", round_index, VALIDATION_STEP, shared))
+        self.transport.request(Message(self.name, Kind.REPORT, "round", round_index, VALIDATION_STEP,
+                                       scalars=scalars))
+
+    def fetch_shared_weights(self, round_index: int) -> None:
+        if not self.splits:
+            return
+        reply = self.transport.request(Message(self.name, Kind.WEIGHTS, "fetch", round_index, VALIDATION_STEP))
+        for name, split in self.splits.items():
+            prefix = f"{name}."
+            state = split.state_dict()
+            state.update({k[len(prefix):]: v for k, v in reply.tensors.items() if k.startswith(prefix)})
+            split.load_state_dict(state)
+
+    # ---- checkpoints ------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"modules": {k: m.state_dict() for k, m in self.trainable_modules().items()},
+                "optimizer": self.optimizer.state_dict(), "sampler": self.sampler.state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        for key, module in self.trainable_modules().items():
+            module.load_state_dict(state["modules"][key])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.sampler.set_state(state["sampler"])
+
+
+def _stable_hash(text: str) -> int:
+    """A seed component from a name that does not change between processes (unlike hash())."""
+    return zlib.crc32(text.encode("utf-8"))

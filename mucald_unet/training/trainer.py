@@ -1,0 +1,197 @@
+"""The federation's round loop: rounds x local epochs x iterations, validation, aggregation, checkpoints.
+
+Clients take their steps interleaved (step s of every client before step s + 1), as they would
+run in parallel, so the server's discriminators learn from all domains in every update. After a
+round: per-client validation, round reports and shared weights to the server, aggregation, the
+averaged weights back, a log record per client, the curves PNG, and the checkpoint.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from mucald_unet.config import Method, TrainingConfig
+from mucald_unet.errors import TrainingError
+from mucald_unet.federation.client import ClientData, SplitClient
+from mucald_unet.federation.server import SplitServer
+from mucald_unet.federation.transport import InMemoryTransport, LoopbackTransport, append_manifest
+from mucald_unet.training.augmentation import seed_augmentation
+from mucald_unet.training.checkpoint import (BEST, FINAL, Checkpoint, capture_rng_state, check_compatible,
+                                             load_checkpoint, plans_digest, restore_rng_state, save_checkpoint)
+from mucald_unet.training.curves import plot_training_curves
+from mucald_unet.training.data import fold_split, list_case_ids, load_training_cases
+from mucald_unet.training.proxy_targets import ProxyTargets
+from mucald_unet.training.run_log import RunLog
+from planners.pipeline import PROXIES_FILE, client_cases_folder
+from planners.plans import Plans, load_plans
+from preprocessing.atomic import write_json_atomic
+
+CONFIG_FILE = "config.json"
+LOG_FILE = "log.jsonl"
+CURVES_FILE = "curves.png"
+MANIFEST_FILE = "manifest.jsonl"
+
+
+class TrainingReporter(Protocol):
+    """Live progress: the CLI shows a rich bar, tests pass a silent one."""
+
+    def start(self, total_steps: int, done_steps: int) -> None: ...
+
+    def step(self, round_index: int, client: str, step: int, loss: float) -> None: ...
+
+    def round_done(self, round_index: int, records: list[dict]) -> None: ...
+
+
+class SilentTrainingReporter:
+    def start(self, total_steps: int, done_steps: int) -> None:
+        pass
+
+    def step(self, round_index: int, client: str, step: int, loss: float) -> None:
+        pass
+
+    def round_done(self, round_index: int, records: list[dict]) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class TrainingSummary:
+    run_folder: Path
+    rounds_done: int
+    final_dice: dict[str, float]  # client -> mean validation Dice after the last round
+    best_score: float
+
+
+def run_folder_for(results_root: Path, plans_path: Path, config: TrainingConfig) -> Path:
+    """``<results>/<Federation_...>/<method[__ablations]>/fold_<F>``."""
+    return Path(results_root) / Path(plans_path).parent.name / config.run_name / f"fold_{config.fold}"
+
+
+class FederatedTrainer:
+    def __init__(self, plans_path: Path, client_names: list[str], config: TrainingConfig, run_folder: Path,
+                 reporter: TrainingReporter | None = None) -> None:
+        self.plans_path = Path(plans_path)
+        self.plans: Plans = load_plans(self.plans_path)
+        self.client_names = [self.plans.client(name).dataset_name for name in client_names]
+        self.config = config
+        self.run_folder = Path(run_folder)
+        self.reporter = reporter or SilentTrainingReporter()
+        self.digest = plans_digest(self.plans)
+        torch.manual_seed(config.seed)
+        seed_augmentation(config.seed)
+        data = {name: self._client_data(name) for name in self.client_names}
+        self.server = SplitServer(self.plans.federation, self.client_names, config)
+        device = torch.device(config.device)
+        local = config.method in (Method.LOCAL, Method.CENTRALIZED)
+        self.transport = (LoopbackTransport(self.server, device) if local
+                          else InMemoryTransport(self.server, device, device))
+        largest = max(len(d.train) for d in data.values())
+        self.clients = [SplitClient(name, self.plans.federation, self.plans.client(name), config, data[name],
+                                    self.transport, seg_weight=largest / len(data[name].train))
+                        for name in self.client_names]
+        for client in self.clients:
+            client.join()
+        self.log = RunLog(self.run_folder / LOG_FILE)
+
+    def _client_data(self, name: str) -> ClientData:
+        plan = self.plans.client(name)
+        folder = client_cases_folder(self.plans_path, plan)
+        train_ids, val_ids = fold_split(list_case_ids(folder), self.config.fold, source=folder)
+        proxies = ProxyTargets.load(folder.parent / PROXIES_FILE, plan.causal_graph,
+                                    self.plans.federation.causal.num_nodes)
+        return ClientData(load_training_cases(folder, train_ids), load_training_cases(folder, val_ids), proxies)
+
+    # ---- the loop ---------------------------------------------------------------------------
+    def run(self, resume: bool = False) -> TrainingSummary:
+        self.run_folder.mkdir(parents=True, exist_ok=True)
+        state = self._resume() if resume else self._fresh_start()
+        steps = self.config.iterations_per_round
+        self.reporter.start(self.config.rounds * steps * len(self.clients),
+                            state.rounds_done * steps * len(self.clients))
+        final_dice: dict[str, float] = {}
+        for round_index in range(state.rounds_done, self.config.rounds):
+            started = time.perf_counter()
+            for step in range(steps):
+                for client in self.clients:
+                    loss = client.train_step(round_index, step)
+                    self.reporter.step(round_index, client.name, step, loss)
+            records = self._finish_round(round_index, time.perf_counter() - started)
+            final_dice = {r["client"]: r["mean_val_dice"] for r in records}
+            score = float(np.nanmean(list(final_dice.values())))
+            state.history.append({"round": round_index, "mean_val_dice": score})
+            state.rounds_done = round_index + 1
+            improved = not np.isnan(score) and score > state.best_score
+            if improved:
+                state.best_score = score
+            checkpoint = self._checkpoint(state)
+            save_checkpoint(self.run_folder / FINAL, checkpoint)
+            if improved:
+                save_checkpoint(self.run_folder / BEST, checkpoint)
+            self.reporter.round_done(round_index, records)
+        return TrainingSummary(self.run_folder, state.rounds_done, final_dice, state.best_score)
+
+    def _finish_round(self, round_index: int, train_seconds: float) -> list[dict]:
+        factor = self.config.schedule.factor(self.config.progress(round_index, self.config.iterations_per_round))
+        results = {}
+        for client in self.clients:
+            terms = client.pop_round_terms()
+            validation = client.validate(round_index)
+            client.send_round_report(round_index, terms, validation)
+            results[client.name] = (terms, validation)
+        for client in self.clients:
+            client.fetch_shared_weights(round_index)
+        weights = getattr(self.server, "last_weights", {})
+        server_metrics = self.server.pop_round_metrics()
+        manifest = self.transport.drain_manifest()
+        if manifest:
+            append_manifest(self.run_folder / MANIFEST_FILE, manifest)
+        bytes_sent = {c.name: sum(e.num_bytes for e in manifest if e.client == c.name and e.step >= 0)
+                      for c in self.clients}
+        records = []
+        for client in self.clients:
+            terms, validation = results[client.name]
+            record = {"event": "round", "round": round_index, "client": client.name,
+                      "val_dice": validation.dice, "mean_val_dice": validation.mean_dice,
+                      "val_loss": validation.loss, "losses": {**terms, **server_metrics.get(client.name, {})},
+                      "aggregation_weight": weights.get(client.name), "aux_factor": factor,
+                      "train_bytes_crossed": bytes_sent[client.name], "train_seconds": train_seconds}
+            self.log.append(record)
+            records.append(record)
+        plot_training_curves(self.log.records(), self.run_folder / CURVES_FILE)
+        return records
+
+    # ---- state ------------------------------------------------------------------------------
+    def _fresh_start(self) -> Checkpoint:
+        for stale in (FINAL, BEST, LOG_FILE, MANIFEST_FILE, CURVES_FILE):
+            (self.run_folder / stale).unlink(missing_ok=True)
+        write_json_atomic(self.run_folder / CONFIG_FILE, {"training": self.config.to_dict(),
+                                                          "plans": str(self.plans_path),
+                                                          "plans_digest": self.digest,
+                                                          "clients": self.client_names})
+        return Checkpoint(0, self.config.to_dict(), self.digest, {}, {}, {}, float("-inf"), [])
+
+    def _resume(self) -> Checkpoint:
+        path = self.run_folder / FINAL
+        checkpoint = load_checkpoint(path, self.config.device)
+        check_compatible(checkpoint, path, self.config.to_dict(), self.digest)
+        if sorted(checkpoint.clients) != sorted(self.client_names):
+            raise TrainingError(f"{path} holds clients {', '.join(sorted(checkpoint.clients))}; this run has "
+                                f"{', '.join(self.client_names)}. Fix: resume with the same -d list.")
+        self.server.load_state_dict(checkpoint.server)
+        for client in self.clients:
+            client.load_state_dict(checkpoint.clients[client.name])
+        restore_rng_state(checkpoint.rng)
+        for record_file in (LOG_FILE, MANIFEST_FILE):  # drop what a crashed round left behind
+            RunLog(self.run_folder / record_file).truncate_after_round(checkpoint.rounds_done - 1)
+        return checkpoint
+
+    def _checkpoint(self, state: Checkpoint) -> Checkpoint:
+        return Checkpoint(state.rounds_done, self.config.to_dict(), self.digest,
+                          {c.name: c.state_dict() for c in self.clients}, self.server.state_dict(),
+                          capture_rng_state(), state.best_score, list(state.history))
+
