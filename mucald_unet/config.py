@@ -86,7 +86,8 @@ class CrdmConfig:
     """
 
     max_noise_gain: float | None = None
-    denoiser_width_factor: int = 2  # hidden channels = factor x split width, at half resolution
+    denoiser_width_factor: int = 2  # latent channels = factor x split width
+    denoiser_downsample: int = 4  # latent resolution: 1/4 per axis the server's first two stages pool
     scm_hidden: int = 128
     weak_proxy_scale: float = 0.25  # proxy weight for clients whose graph has no edges
 

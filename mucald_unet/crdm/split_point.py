@@ -29,6 +29,7 @@ class SplitOptions:
     diffusion: bool = True
     forward_noise: bool = True
     denoiser_width: int = 32
+    denoiser_downsample: tuple[int, ...] = (4, 4)
     scm_hidden: int = 128
 
 
@@ -53,7 +54,8 @@ class CausalDiffusionSplit(nn.Module):
         self.scm = (NeuralSCM(graph, node_dim, options.scm_hidden) if options.causal_graph
                     else PlainLatentMap(num_nodes, node_dim, options.scm_hidden))
         self.prior = ProxyPrior(num_nodes, node_dim)
-        self.denoiser = (ConditionalDenoiser(spatial_dims, channels, num_nodes * node_dim, options.denoiser_width)
+        self.denoiser = (ConditionalDenoiser(spatial_dims, channels, num_nodes * node_dim, options.denoiser_width,
+                                             options.denoiser_downsample)
                          if options.diffusion else None)
 
     def forward(self, x: Tensor, proxies: Tensor | None = None, proxy_mask: Tensor | None = None,
@@ -90,11 +92,13 @@ class CausalDiffusionSplit(nn.Module):
             noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
         else:
             noise = torch.zeros_like(x)
-        x_t = self.schedule.add_noise(x, noise, t)
-        eps_pred = self.denoiser(x_t.detach(), t, z)
+        eps_pred = self.denoiser(self.schedule.add_noise(x.detach(), noise, t), t, z)
         if self.training:
             losses["diffusion"] = nn.functional.mse_loss(eps_pred, noise)
-        return self.schedule.predict_clean(x_t, eps_pred.detach(), t)
+        # (x_t - sqrt(1 - a_bar) eps_pred) / sqrt(a_bar) with x_t built from the live x, written as
+        # x + gain (eps - eps_pred): the same value and gradient (identity to x), fewer full-size ops
+        gain = self.schedule.noise_gain(t).to(device=x.device, dtype=x.dtype).view(-1, *([1] * (x.ndim - 1)))
+        return x + gain * (noise - eps_pred.detach())
 
     def shared_state(self) -> dict[str, Tensor]:
         """The averaged part (exogenous encoder and denoiser), keyed by submodule path."""

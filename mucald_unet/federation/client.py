@@ -78,7 +78,8 @@ class SplitClient:
                                diffusion=Ablation.NO_DIFFUSION not in ablations,
                                forward_noise=Ablation.NO_FORWARD_NOISE not in ablations,
                                denoiser_width=self.config.crdm.denoiser_width_factor * federation.split_channels,
-                               scm_hidden=self.config.crdm.scm_hidden)
+                               scm_hidden=self.config.crdm.scm_hidden,
+                               denoiser_downsample=latent_downsample(federation, self.config.crdm.denoiser_downsample))
         schedule = NoiseSchedule(federation.diffusion, self.config.crdm.max_noise_gain)
         graph = NodeGraph.from_plan(self.plan.causal_graph, federation.causal.num_nodes)
         for split in SPLITS:
@@ -97,7 +98,7 @@ class SplitClient:
         groups = [{"params": main, "lr": opt.lr, "name": "networks"}]
         if aux:
             groups.append({"params": aux, "lr": opt.aux_lr, "name": "causal"})
-        return torch.optim.AdamW(groups, weight_decay=opt.weight_decay)
+        return torch.optim.AdamW(groups, weight_decay=opt.weight_decay, fused=True)
 
     def trainable_modules(self) -> dict[str, nn.Module]:
         return {"front_end": self.front_end, "back_end": self.back_end, **dict(self.splits.items())}
@@ -231,6 +232,15 @@ class SplitClient:
             module.load_state_dict(state["modules"][key])
         self.optimizer.load_state_dict(state["optimizer"])
         self.sampler.set_state(state["sampler"])
+
+
+def latent_downsample(federation: FederationPlan, limit: int) -> tuple[int, ...]:
+    """Per axis, the pooling of the server's first stages up to ``limit``: axes the plan never
+    pools (thin 3D slabs) stay at full resolution, so every patch size divides evenly."""
+    factors = [1] * federation.server_segment.spatial_dims
+    for stride in federation.server_segment.strides[1:]:
+        factors = [f * s if f * s <= limit else f for f, s in zip(factors, stride)]
+    return tuple(factors)
 
 
 def _stable_hash(text: str) -> int:

@@ -72,7 +72,7 @@ class SplitServer:
                 self.discriminators[split] = DomainDiscriminator(dims, channels, len(self.clients))
             self.discriminators.to(self.device)
         self.discriminator_optimizer = (torch.optim.Adam(self.discriminators.parameters(),
-                                                         lr=config.optimizer.discriminator_lr)
+                                                         lr=config.optimizer.discriminator_lr, fused=True)
                                         if config.uses_daca else None)
         self.num_samples: dict[str, int] = {}
         self.shared_global: dict[str, Tensor] = {}
@@ -84,7 +84,7 @@ class SplitServer:
 
     def _segment_optimizer(self, module: nn.Module) -> torch.optim.Optimizer:
         opt = self.config.optimizer
-        return torch.optim.AdamW(module.parameters(), lr=opt.lr, weight_decay=opt.weight_decay)
+        return torch.optim.AdamW(module.parameters(), lr=opt.lr, weight_decay=opt.weight_decay, fused=True)
 
     @staticmethod
     def _snapshot(module: nn.Module) -> dict[str, Tensor]:

@@ -15,15 +15,28 @@ def conv(spatial_dims: int, in_channels: int, out_channels: int, kernel_size: in
     return kind(in_channels, out_channels, kernel_size, stride=stride, padding=kernel_size // 2)
 
 
-def transposed_conv(spatial_dims: int, in_channels: int, out_channels: int, stride: int = 2) -> nn.Module:
+def transposed_conv(spatial_dims: int, in_channels: int, out_channels: int,
+                    stride: int | tuple[int, ...] = 2) -> nn.Module:
     kind = nn.ConvTranspose2d if spatial_dims == 2 else nn.ConvTranspose3d
     return kind(in_channels, out_channels, kernel_size=stride, stride=stride)
+
+
+def patchify_conv(spatial_dims: int, in_channels: int, out_channels: int, factor: tuple[int, ...]) -> nn.Module:
+    """Non-overlapping patches -> one latent pixel each (kernel = stride = factor)."""
+    kind = nn.Conv2d if spatial_dims == 2 else nn.Conv3d
+    return kind(in_channels, out_channels, kernel_size=factor, stride=factor)
 
 
 def group_norm(channels: int, max_groups: int = 8) -> nn.GroupNorm:
     """GroupNorm with the largest group count <= max_groups that divides the channels."""
     groups = next(g for g in range(min(max_groups, channels), 0, -1) if channels % g == 0)
     return nn.GroupNorm(groups, channels)
+
+
+def average_pool(spatial_dims: int, size: int) -> nn.Module:
+    """Average pooling that also accepts maps smaller than ``size`` (ceil mode, no padding)."""
+    kind = nn.AvgPool2d if spatial_dims == 2 else nn.AvgPool3d
+    return kind(size, stride=size, ceil_mode=True)
 
 
 def global_average_pool(x):
