@@ -1,0 +1,358 @@
+#!/usr/bin/env python3
+"""Cost of one training iteration, mucald against splitfed on the same plan: seconds, peak memory,
+and bytes crossing the client/server boundary.
+
+An iteration is one ``train_step`` of every client, interleaved as the trainer runs them. Each
+method (and each ``--ablations`` variant of mucald) is measured in its own child process
+(``--child``), so one variant's allocations and thread pools never leak into another's numbers;
+the parent alternates the variants ``--repeats`` times and reports medians as a markdown table.
+
+    .venv/bin/python -m benchmarks.train_step --size small --repeats 3 --out train_step.md
+
+This module also owns building the demo federation and its plan in a work folder
+(``prepare_demo``), which ``benchmarks.federation_quality`` reuses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import json
+import os
+import platform
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from preprocessing.errors import MucaldError
+
+# The project's heavy modules (torch, the planners) are imported inside the functions that use
+# them, so that a child process loads only the trainer and the parent only the planners.
+
+REPO = Path(__file__).resolve().parent.parent
+BASELINE = "splitfed"
+DEMO_IDS = ("1", "2", "3")
+GOAL_TIME_RATIO = 1.3
+GOAL_BYTES_TOLERANCE = 0.05
+PLANNED_MARKER = "planned.txt"  # written into a work folder's preprocessed root once it is complete
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------------------------------ data
+
+def plan_federation(raw: Path, preprocessed: Path, dataset_ids: tuple[str, ...],
+                    workers: int = 1) -> tuple[Path, list[str]]:
+    """Plan and preprocess ``dataset_ids`` as a 2D federation with the CPU budget (as
+    ``mucald_plan_and_preprocess -d IDS --config 2d --target cpu``); reuses finished plans."""
+    from planners.budget import Preset
+    from planners.locate import client_names, find_plans
+    from planners.pipeline import PipelineConfig, plan_and_preprocess
+    from planners.planner import PlannerConfig
+
+    done = preprocessed / PLANNED_MARKER  # plans.json is written before the cases: it alone proves little
+    if not done.is_file():
+        shutil.rmtree(preprocessed, ignore_errors=True)
+        config = PipelineConfig(raw_root=raw, preprocessed_root=preprocessed, datasets=tuple(dataset_ids),
+                                planner=PlannerConfig(preset=Preset("cpu"), dimensionality="2d"),
+                                num_processes=workers)
+        started = time.perf_counter()
+        plans_path = plan_and_preprocess(config)
+        done.write_text(" ".join(dataset_ids) + "\n")
+        log(f"planned {', '.join(dataset_ids)} in {time.perf_counter() - started:.1f} s: {plans_path}")
+    plans_path = find_plans(preprocessed, dataset_ids)
+    return plans_path, client_names(plans_path, dataset_ids)
+
+
+def prepare_demo(work: Path, size: str, workers: int = 1) -> tuple[Path, list[str]]:
+    """The demo federation (data seed 0) of ``size`` under ``work``, planned; built once per folder."""
+    from preprocessing.demo import make_demo_federation
+    from preprocessing.demo.federation import demo_folders
+
+    raw, preprocessed = work / f"raw-demo-{size}", work / f"preprocessed-demo-{size}"
+    if not all((folder / "dataset.json").is_file() for folder in demo_folders(raw)):
+        shutil.rmtree(preprocessed, ignore_errors=True)  # plans of other data must not be reused
+        make_demo_federation(raw, seed=0, size=size, overwrite=True)
+        log(f"wrote the {size} demo federation to {raw}")
+    return plan_federation(raw, preprocessed, DEMO_IDS, workers)
+
+
+def plan_table(plans_path: Path) -> list[str]:
+    """Markdown bullets of what each client trains on: patch and batch size."""
+    from planners.plans import load_plans
+
+    plans = load_plans(plans_path)
+    return [f"- {name}: patch {' x '.join(map(str, c.patch_size))}, batch {c.batch_size}"
+            for name, c in plans.clients.items()]
+
+
+# ------------------------------------------------------------------------------------- variants
+
+@dataclass(frozen=True)
+class Variant:
+    """A method and the ablations switched off in it; ``label`` is what the tables show."""
+
+    method: str
+    ablations: str = ""  # comma-separated, as `mucald_train --ablate`
+
+    @property
+    def label(self) -> str:
+        return self.method + (f" --ablate {self.ablations}" if self.ablations else "")
+
+    @property
+    def folder_name(self) -> str:
+        """As the trainer names run folders: ``mucald__no-daca__no-diffusion``."""
+        return "__".join([self.method, *(a for a in self.ablations.split(",") if a)])
+
+
+def ablation_variants(text: str | None) -> list[Variant]:
+    """``"no-daca,no-diffusion"`` -> one mucald variant each; ``+`` joins ablations into one variant
+    (``"no-daca+no-crdm"``). Names are checked by the config's own parser."""
+    from mucald_unet.config import parse_ablations
+
+    variants = []
+    for part in (p.strip() for p in (text or "").split(",") if p.strip()):
+        names = ",".join(sorted(a.value for a in parse_ablations(part.replace("+", ","))))
+        variants.append(Variant("mucald", names))
+    return variants
+
+
+# ------------------------------------------------------------------------------- child: measure
+
+def measure_iterations(plans_path: Path, client_names: list[str], variant: Variant, run_folder: Path,
+                       warmup: int, iters: int, seed: int = 0) -> dict:
+    """Build the trainer, run ``warmup`` untimed iterations, then time ``iters``.
+
+    Steps are numbered from the middle of a long epoch, where the auxiliary weights are at
+    their targets, so the losses computed are those of the run's steady state.
+    """
+    import torch
+
+    from mucald_unet.config import Method, TrainingConfig, parse_ablations
+    from mucald_unet.training.trainer import FederatedTrainer
+
+    total = warmup + iters
+    config = TrainingConfig(method=Method(variant.method), ablations=parse_ablations(variant.ablations),
+                            rounds=1, local_epochs=1, iterations_per_epoch=20 * total, seed=seed, fold=0)
+    first_step = config.iterations_per_round // 2
+    started = time.perf_counter()
+    trainer = FederatedTrainer(plans_path, client_names, config, run_folder)
+    build_seconds = time.perf_counter() - started
+
+    def iteration(step: int) -> None:
+        for client in trainer.clients:
+            client.train_step(0, step)
+
+    for i in range(warmup):
+        iteration(first_step + i)
+    trainer.transport.drain_manifest()
+    seconds = []
+    for i in range(warmup, total):
+        started = time.perf_counter()
+        iteration(first_step + i)
+        seconds.append(time.perf_counter() - started)
+    manifest = trainer.transport.drain_manifest()
+    crossed = sum(e.num_bytes for e in manifest if e.step >= 0)
+    return {"variant": variant.label, "seconds_per_iter": statistics.median(seconds),
+            "seconds_min": min(seconds), "seconds_max": max(seconds), "build_seconds": build_seconds,
+            "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,  # KiB on Linux
+            "bytes_per_iter": crossed / iters, "messages_per_iter": len(manifest) / iters,
+            "threads": torch.get_num_threads(), "clients": len(trainer.clients)}
+
+
+def child_main(args: argparse.Namespace) -> int:
+    import torch
+
+    torch.set_num_threads(args.threads)
+    variant = Variant(args.child, args.ablate or "")
+    result = measure_iterations(args.plans, args.clients, variant, args.run_folder, args.warmup,
+                                args.iters, args.seed)
+    print(json.dumps(result), flush=True)
+    return 0
+
+
+# ------------------------------------------------------------------------------- parent: report
+
+def run_child(variant: Variant, plans_path: Path, client_names: list[str], run_folder: Path,
+              args: argparse.Namespace) -> dict | None:
+    cmd = [sys.executable, "-m", "benchmarks.train_step", "--child", variant.method,
+           "--plans", str(plans_path), "--run-folder", str(run_folder), "--warmup", str(args.warmup),
+           "--iters", str(args.iters), "--threads", str(args.threads), "--seed", str(args.seed),
+           "--clients", *client_names]
+    if variant.ablations:
+        cmd += ["--ablate", variant.ablations]
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
+    result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
+    lines = result.stdout.strip().splitlines()
+    if result.returncode != 0 or not lines:
+        log(f"    FAILED rc={result.returncode}:\n    " + "\n    ".join(result.stderr.splitlines()[-15:]))
+        return None
+    return json.loads(lines[-1])
+
+
+def ratio(value: float, base: float | None) -> str:
+    return f"{value / base:.2f}x" if base else "-"
+
+
+def results_table(variants: list[Variant], results: dict[str, list[dict]], repeats: int) -> str:
+    header = ["method", "s/iter", "ratio to splitfed", "peak RSS MB", "ratio", "bytes/iter", "ratio"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    medians = {label: {key: statistics.median(r[key] for r in runs)
+                       for key in ("seconds_per_iter", "peak_rss_bytes", "bytes_per_iter")}
+               for label, runs in results.items() if runs}
+    base = medians.get(BASELINE)
+    for variant in variants:
+        m = medians.get(variant.label)
+        if m is None:
+            lines.append(f"| {variant.label} | FAILED |" + " |" * (len(header) - 2))
+            continue
+        seconds = f"{m['seconds_per_iter']:.3f}"
+        if repeats > 1:
+            runs = results[variant.label]
+            seconds += (f" ({min(r['seconds_per_iter'] for r in runs):.3f}-"
+                        f"{max(r['seconds_per_iter'] for r in runs):.3f})")
+        lines.append("| " + " | ".join([
+            variant.label, seconds, ratio(m["seconds_per_iter"], base and base["seconds_per_iter"]),
+            f"{m['peak_rss_bytes'] / 2**20:.0f}", ratio(m["peak_rss_bytes"], base and base["peak_rss_bytes"]),
+            f"{m['bytes_per_iter']:,.0f}", ratio(m["bytes_per_iter"], base and base["bytes_per_iter"])]) + " |")
+    return "\n".join(lines)
+
+
+def goal_lines(results: dict[str, list[dict]]) -> list[str]:
+    def median(label: str, key: str) -> float | None:
+        runs = results.get(label) or []
+        return statistics.median(r[key] for r in runs) if runs else None
+
+    lines = [f"Goal: time ratio <= {GOAL_TIME_RATIO}, bytes within {GOAL_BYTES_TOLERANCE:.0%} (mucald / splitfed)."]
+    times = [median(v, "seconds_per_iter") for v in ("mucald", BASELINE)]
+    sizes = [median(v, "bytes_per_iter") for v in ("mucald", BASELINE)]
+    if None in times or None in sizes or not times[1] or not sizes[1]:
+        return lines + ["- not evaluated: mucald or splitfed has no result."]
+    time_ratio, bytes_ratio = times[0] / times[1], sizes[0] / sizes[1]
+    lines.append(f"- time ratio {time_ratio:.2f}: {'met' if time_ratio <= GOAL_TIME_RATIO else 'NOT met'}")
+    within = abs(bytes_ratio - 1) <= GOAL_BYTES_TOLERANCE
+    lines.append(f"- bytes ratio {bytes_ratio:.3f}: {'met' if within else 'NOT met'}")
+    return lines
+
+
+def busy_cpus(seconds: float = 1.0) -> float:
+    """How many CPUs other work keeps busy right now (this process sleeps while sampling)."""
+    def sample() -> tuple[int, int]:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        return sum(fields), fields[3] + fields[4]  # total, idle + iowait
+
+    try:
+        total0, idle0 = sample()
+        time.sleep(seconds)
+        total1, idle1 = sample()
+    except (OSError, ValueError, IndexError):  # not Linux: the 1-minute load average instead
+        return os.getloadavg()[0]
+    return (os.cpu_count() or 1) * (1 - (idle1 - idle0) / max(total1 - total0, 1))
+
+
+def environment_lines(args: argparse.Namespace, plans_path: Path, busy: tuple[float, float]) -> list[str]:
+    try:
+        torch_version = importlib.metadata.version("torch")
+    except importlib.metadata.PackageNotFoundError:
+        torch_version = "?"
+    cpus = os.cpu_count() or 1
+    lines = [f"- machine: {platform.machine()}, {cpus} CPUs, {platform.platform()}, "
+             f"Python {platform.python_version()}, torch {torch_version}",
+             f"- data: demo `{args.size}` (data seed 0), planned 2d for the cpu target: {plans_path}",
+             *plan_table(plans_path),
+             f"- per child: {args.threads} torch threads, {args.warmup} warm-up + {args.iters} timed "
+             f"iterations (median), training seed {args.seed}; {args.repeats} repeat(s), variants "
+             "alternated, median of the repeats (min-max of the repeats in brackets)",
+             "- peak RSS: ru_maxrss of the child (imports, data and trainer included); bytes: manifest "
+             "bytes of training messages (step >= 0) in both directions, all clients, per iteration",
+             f"- CPUs busy with other work: {busy[0]:.1f} before the first child, {busy[1]:.1f} after the last"]
+    if max(busy) > 0.5 and max(busy) + args.threads > cpus:
+        lines.append(f"- WARNING: other work was running ({max(busy):.1f} of {cpus} CPUs busy). With more "
+                     "torch threads than idle cores, iteration times can grow by orders of magnitude "
+                     "(threads wait on each other at every operation); rerun on an idle machine or "
+                     "with fewer --threads.")
+    return lines
+
+
+# ------------------------------------------------------------------------------------------ main
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", default="small", choices=["tiny", "small", "medium"],
+                        help="Demo federation size (mucald_make_demo --size).")
+    parser.add_argument("--warmup", type=int, default=3, help="Untimed iterations per child.")
+    parser.add_argument("--iters", type=int, default=20, help="Timed iterations per child (median).")
+    parser.add_argument("--repeats", type=int, default=3, help="Children per variant, alternated (median).")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads per child.")
+    parser.add_argument("--seed", type=int, default=0, help="Training seed.")
+    parser.add_argument("--ablations", help="Extra mucald variants, comma-separated (e.g. no-daca,no-diffusion); "
+                        "join ablations of one variant with + (no-daca+no-crdm).")
+    parser.add_argument("--work", type=Path, help="Work folder for data, plans and run folders "
+                        "(default: a temp dir, removed at the end unless --keep).")
+    parser.add_argument("--keep", action="store_true", help="Keep the temp work folder.")
+    parser.add_argument("--out", type=Path, help="Also write the markdown report here.")
+    # the child's interface (used by the parent; not meant to be typed)
+    parser.add_argument("--child", choices=["mucald", "splitfed"], help=argparse.SUPPRESS)
+    parser.add_argument("--ablate", help=argparse.SUPPRESS)
+    parser.add_argument("--plans", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--clients", nargs="*", help=argparse.SUPPRESS)
+    parser.add_argument("--run-folder", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.warmup < 0 or args.iters < 1 or args.repeats < 1 or args.threads < 1:
+        parser.error("--warmup must be >= 0 and --iters, --repeats, --threads >= 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.child:
+        return child_main(args)
+    try:
+        variants = [Variant(BASELINE), Variant("mucald"), *ablation_variants(args.ablations)]
+    except MucaldError as error:  # an unknown ablation name; the message lists the valid ones
+        raise SystemExit(f"error: {error}") from None
+    temp = args.work is None
+    work = Path(tempfile.mkdtemp(prefix="mucald-train-step-")) if temp else args.work.resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    log(f"work folder: {work}")
+    try:
+        plans_path, client_names = prepare_demo(work, args.size, workers=min(2, os.cpu_count() or 1))
+        busy_before = busy_cpus()
+        results: dict[str, list[dict]] = {v.label: [] for v in variants}
+        for repeat in range(args.repeats):
+            for variant in variants:
+                run_folder = work / "runs" / "train_step" / variant.folder_name / f"rep{repeat}"
+                log(f"[{variant.label}] repeat {repeat + 1}/{args.repeats}")
+                result = run_child(variant, plans_path, client_names, run_folder, args)
+                if result is not None:
+                    results[variant.label].append(result)
+                    log(f"    {result['seconds_per_iter']:.3f} s/iter, peak RSS "
+                        f"{result['peak_rss_bytes'] / 2**20:.0f} MB, {result['bytes_per_iter']:,.0f} bytes/iter")
+        report = ["# Training iteration: mucald vs splitfed", "",
+                  *environment_lines(args, plans_path, (busy_before, busy_cpus())), "",
+                  results_table(variants, results, args.repeats), "",
+                  "Ratios are to splitfed (below 1.00x: cheaper). An iteration is one step of every client.", "",
+                  *goal_lines(results)]
+        text = "\n".join(report) + "\n"
+        print(text)
+        if args.out:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(text)
+            log(f"wrote {args.out}")
+        return 0 if all(results.values()) else 1
+    finally:
+        if temp and not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,41 @@
+"""mucald_train from the command line: a short run, and the messages for bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from mucald_unet.commands.train import main
+
+
+def test_a_short_run_writes_its_run_folder(tiny_federation: Path, tmp_path: Path,
+                                           capsys: pytest.CaptureFixture) -> None:
+    preprocessed = tiny_federation.parent.parent
+    code = main(["-d", "1", "2", "3", "--preprocessed", str(preprocessed), "--results", str(tmp_path),
+                 "--method", "mucald", "--ablate", "no-causal", "--rounds", "1", "--iters", "1", "--device", "cpu"])
+    assert code == 0
+    run = tmp_path / tiny_federation.parent.name / "mucald__no-causal" / "fold_0"
+    config = json.loads((run / "config.json").read_text())
+    assert config["training"]["ablations"] == ["no-causal"] and config["training"]["rounds"] == 1
+    assert (run / "checkpoint_final.pt").is_file() and (run / "curves.png").is_file()
+    assert "validation Dice" in capsys.readouterr().out
+
+
+def test_missing_plans_name_the_planning_command(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    code = main(["-d", "1", "2", "--preprocessed", str(tmp_path), "--results", str(tmp_path / "r")])
+    assert code == 1
+    assert f"mucald_plan_and_preprocess -d 1 2 --preprocessed {tmp_path}" in capsys.readouterr().err.replace("\n", "")
+
+
+def test_datasets_outside_the_plan_and_bad_ablations_are_refused(tiny_federation: Path, tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture) -> None:
+    preprocessed = str(tiny_federation.parent.parent)
+    assert main(["-d", "1", "7", "--preprocessed", preprocessed, "--results", str(tmp_path)]) == 1
+    assert "no plans for datasets 1, 7" in capsys.readouterr().err
+    assert main(["-d", "1", "--preprocessed", preprocessed, "--results", str(tmp_path), "--ablate", "no-magic"]) == 1
+    assert "unknown ablation 'no-magic'" in capsys.readouterr().err
+    assert main(["-d", "1", "--preprocessed", preprocessed, "--results", str(tmp_path), "--method", "splitfed",
+                 "--ablate", "no-daca"]) == 1
+    assert "--method mucald" in capsys.readouterr().err

@@ -1,0 +1,185 @@
+"""Training on the tiny demo federation: methods, the boundary, aggregation, resume, refusals."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mucald_unet.config import Ablation
+from mucald_unet.errors import DivergenceError, TrainingError
+from mucald_unet.federation.messages import Kind
+from mucald_unet.training.checkpoint import BEST, FINAL, load_checkpoint
+from mucald_unet.training.trainer import CURVES_FILE, LOG_FILE, MANIFEST_FILE, FederatedTrainer
+from planners.plans import load_plans
+from tests.mucald_unet.conftest import CLIENTS, quick_config
+
+
+def trainer(plans: Path, folder: Path, **config) -> FederatedTrainer:
+    return FederatedTrainer(plans, CLIENTS, quick_config(**config), folder)
+
+
+def round_losses(folder: Path) -> dict[int, float]:
+    records = [json.loads(line) for line in (folder / LOG_FILE).read_text().splitlines()]
+    by_round: dict[int, list[float]] = {}
+    for r in records:
+        by_round.setdefault(r["round"], []).append(r["losses"]["seg"])
+    return {k: float(np.mean(v)) for k, v in by_round.items()}
+
+
+def all_tensors(run: FederatedTrainer) -> dict[str, torch.Tensor]:
+    tensors = {}
+    for client in run.clients:
+        for name, module in client.trainable_modules().items():
+            tensors.update({f"{client.name}.{name}.{k}": v for k, v in module.state_dict().items()})
+    for c, segment in run.server.segments.items():
+        tensors.update({f"server.{c}.{k}": v for k, v in segment.state_dict().items()})
+    tensors.update({f"server.disc.{k}": v for k, v in run.server.discriminators.state_dict().items()})
+    return tensors
+
+
+def test_two_rounds_run_and_the_training_loss_falls(tiny_federation: Path, tmp_path: Path) -> None:
+    run = trainer(tiny_federation, tmp_path, method="splitfed", rounds=2, iterations=12)
+    summary = run.run()
+    losses = round_losses(tmp_path)
+    assert summary.rounds_done == 2 and losses[1] < losses[0]
+    assert set(summary.final_dice) == set(CLIENTS)
+    assert all(0.0 <= d <= 1.0 for d in summary.final_dice.values())
+    for artefact in (FINAL, BEST, LOG_FILE, CURVES_FILE, "config.json", MANIFEST_FILE):
+        assert (tmp_path / artefact).is_file(), artefact
+
+
+def test_nothing_but_features_gradients_weights_and_scalars_cross(tiny_federation: Path, tmp_path: Path) -> None:
+    run = trainer(tiny_federation, tmp_path)
+    images = [c.images for client in run.clients for c in client.data.train + client.data.validation]
+    seen: list = []
+    original = run.server.handle
+
+    def spy(message):
+        seen.append(message)
+        return original(message)
+
+    run.transport.server = type("Spy", (), {"handle": staticmethod(spy)})()
+    run.run()
+    plans = load_plans(tiny_federation)
+    split = plans.federation.split_channels
+    entries = [json.loads(line) for line in (tmp_path / MANIFEST_FILE).read_text().splitlines()]
+    assert entries and {e["kind"] for e in entries} == {"features", "gradient", "weights", "report", "ack"}
+    for entry in entries:
+        if entry["kind"] in ("features", "gradient"):
+            assert list(entry["shapes"]) == [entry["kind"]]
+            assert entry["shapes"][entry["kind"]][1] == split  # split-width maps, never images
+        if entry["kind"] == "weights":
+            assert all(k.split(".")[1] in ("exogenous", "denoiser") for k in entry["shapes"])
+        if entry["kind"] == "report":
+            assert set(entry["scalars"]) <= {"num_samples", "val_loss", "proxy_mse"}
+    for message in seen:  # no transmitted tensor equals or contains an image or a label
+        for tensor in message.tensors.values():
+            flat = tensor.detach().flatten().numpy()
+            for image in images[:5]:
+                assert not np.isin(image.flatten()[:64], flat).all()
+    assert {m.kind for m in seen} >= {Kind.FEATURES, Kind.GRADIENT, Kind.WEIGHTS, Kind.REPORT}
+
+
+def test_aggregation_averages_exactly_the_listed_modules(tiny_federation: Path, tmp_path: Path) -> None:
+    run = trainer(tiny_federation, tmp_path)
+    run.run()
+    first, *others = run.clients
+    for other in others:
+        for split in ("crdm1", "crdm2"):
+            a, b = first.splits[split].state_dict(), other.splits[split].state_dict()
+            for key in a:
+                same = torch.equal(a[key], b[key])
+                assert same == (key.split(".")[0] in ("exogenous", "denoiser")), key
+        assert not torch.equal(first.front_end.stem.conv1.conv.weight[:, :1], other.front_end.stem.conv1.conv.weight[:, :1])
+    segments = list(run.server.segments.values())
+    for segment in segments[1:]:
+        for (k, v), w in zip(segments[0].state_dict().items(), segment.state_dict().values()):
+            assert torch.equal(v, w), k
+    assert run.server.last_weights == pytest.approx({c: 1 / 3 for c in CLIENTS})
+
+
+def test_local_keeps_private_segments_and_centralized_shares_one(tiny_federation: Path, tmp_path: Path) -> None:
+    local = trainer(tiny_federation, tmp_path / "local", method="local")
+    local.run()
+    a, b = (list(s.parameters())[0] for s in list(local.server.segments.values())[:2])
+    assert not torch.equal(a, b) and local.transport.manifest == []
+    central = trainer(tiny_federation, tmp_path / "central", method="centralized")
+    assert len({id(s) for s in central.server.segments.values()}) == 1
+
+
+def test_every_parameter_is_in_an_optimiser_and_no_batchnorm_anywhere(tiny_federation: Path, tmp_path: Path) -> None:
+    run = trainer(tiny_federation, tmp_path)
+    for client in run.clients:
+        optimised = {id(p) for g in client.optimizer.param_groups for p in g["params"]}
+        owned = {id(p) for m in client.trainable_modules().values() for p in m.parameters()}
+        assert optimised == owned
+        assert {g["name"] for g in client.optimizer.param_groups} == {"networks", "causal"}
+        modules = [m for module in client.trainable_modules().values() for m in module.modules()]
+        assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in modules)
+    server_modules = [m for s in run.server.segments.values() for m in s.modules()]
+    assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in server_modules)
+    assert any(isinstance(m, torch.nn.InstanceNorm2d) for m in server_modules)
+
+
+@pytest.mark.parametrize("method, ablations", [("splitfed", ""), ("local", ""), ("centralized", ""),
+                                               *[("mucald", a.value) for a in Ablation]])
+def test_every_method_and_ablation_runs_a_round(tiny_federation: Path, tmp_path: Path, method: str,
+                                                ablations: str) -> None:
+    run = trainer(tiny_federation, tmp_path, method=method, ablations=ablations, iterations=1)
+    summary = run.run()
+    assert summary.rounds_done == 1 and all(np.isfinite(list(summary.final_dice.values())))
+    uses_crdm = method == "mucald" and ablations != "no-crdm"
+    assert bool(run.clients[0].splits) == uses_crdm
+    assert bool(run.server.discriminators) == (method == "mucald" and ablations != "no-daca")
+
+
+def test_same_seed_same_weights_and_resume_equals_an_uninterrupted_run(tiny_federation: Path,
+                                                                        tmp_path: Path) -> None:
+    straight = trainer(tiny_federation, tmp_path / "straight", rounds=2, iterations=2)
+    straight.run()
+    twin = trainer(tiny_federation, tmp_path / "twin", rounds=2, iterations=2)
+    twin.run()
+    trainer(tiny_federation, tmp_path / "resumed", rounds=1, iterations=2).run()
+    resumed = trainer(tiny_federation, tmp_path / "resumed", rounds=2, iterations=2)
+    resumed.run(resume=True)
+    reference = all_tensors(straight)
+    for other in (twin, resumed):
+        tensors = all_tensors(other)
+        assert tensors.keys() == reference.keys()
+        for key, value in reference.items():
+            assert torch.equal(value, tensors[key]), key
+    assert round_losses(tmp_path / "straight") == round_losses(tmp_path / "resumed")
+    assert load_checkpoint(tmp_path / "resumed" / FINAL).rounds_done == 2
+
+
+def test_resume_refuses_other_settings_and_missing_checkpoints(tiny_federation: Path, tmp_path: Path) -> None:
+    with pytest.raises(TrainingError, match="no checkpoint"):
+        trainer(tiny_federation, tmp_path / "none").run(resume=True)
+    trainer(tiny_federation, tmp_path / "run").run()
+    with pytest.raises(TrainingError, match="other settings.*fedprox_mu"):
+        trainer(tiny_federation, tmp_path / "run", fedprox_mu=0.5).run(resume=True)
+    with pytest.raises(TrainingError, match="other settings.*method"):
+        trainer(tiny_federation, tmp_path / "run", method="splitfed").run(resume=True)
+
+
+def test_a_nan_loss_stops_the_round_names_the_term_and_keeps_the_last_checkpoint(
+        tiny_federation: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    trainer(tiny_federation, tmp_path, rounds=1).run()
+    run = trainer(tiny_federation, tmp_path, rounds=2)
+    victim = run.clients[1]
+    monkeypatch.setattr(victim, "seg_loss", lambda logits, labels: logits.sum() * float("nan"))
+    with pytest.raises(DivergenceError, match=f"'seg' of {victim.name}"):
+        run.run(resume=True)
+    assert load_checkpoint(tmp_path / FINAL).rounds_done == 1
+
+
+def test_validation_is_deterministic_and_in_eval_mode(tiny_federation: Path, tmp_path: Path) -> None:
+    run = trainer(tiny_federation, tmp_path)
+    client = run.clients[0]
+    first = client.validate(0)
+    assert not any(m.training for m in client.front_end.modules())
+    assert client.validate(0) == first
