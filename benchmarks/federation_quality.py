@@ -282,13 +282,12 @@ def loss_table(runs: list[Run], results: dict[Run, dict], label: str, clients: t
 
 def report(datasets: dict[str, tuple[Path, list[str]]], runs: list[Run], results: dict[Run, dict],
            labels: list[str], args: argparse.Namespace, seconds: float) -> str:
+    import importlib.metadata
     import platform
-
-    import torch
 
     lines = ["# Federation quality: mucald vs splitfed, local and centralized", "",
              f"- machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
-             f"torch {torch.__version__}",
+             f"torch {importlib.metadata.version('torch')}",
              f"- budget, the same for every method: {args.rounds} round(s) x {args.local_epochs} local "
              f"epoch(s) x {args.iters} iterations, fold 0; seeds {', '.join(map(str, args.seeds))}",
              f"- {args.jobs} run(s) at a time, {max(1, args.threads // args.jobs)} torch thread(s) each; "

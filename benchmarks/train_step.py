@@ -128,7 +128,7 @@ def ablation_variants(text: str | None) -> list[Variant]:
 # ------------------------------------------------------------------------------- child: measure
 
 def measure_iterations(plans_path: Path, client_names: list[str], variant: Variant, run_folder: Path,
-                       warmup: int, iters: int, seed: int = 0) -> dict:
+                       warmup: int, iters: int, seed: int = 0, device: str = "cpu") -> dict:
     """Build the trainer, run ``warmup`` untimed iterations, then time ``iters``.
 
     Steps are numbered from the middle of a long epoch, where the auxiliary weights are at
@@ -141,7 +141,8 @@ def measure_iterations(plans_path: Path, client_names: list[str], variant: Varia
 
     total = warmup + iters
     config = TrainingConfig(method=Method(variant.method), ablations=parse_ablations(variant.ablations),
-                            rounds=1, local_epochs=1, iterations_per_epoch=20 * total, seed=seed, fold=0)
+                            rounds=1, local_epochs=1, iterations_per_epoch=20 * total, seed=seed, fold=0,
+                            device=device)
     first_step = config.iterations_per_round // 2
     started = time.perf_counter()
     trainer = FederatedTrainer(plans_path, client_names, config, run_folder)
@@ -150,6 +151,8 @@ def measure_iterations(plans_path: Path, client_names: list[str], variant: Varia
     def iteration(step: int) -> None:
         for client in trainer.clients:
             client.train_step(0, step)
+        if device == "cuda":
+            torch.cuda.synchronize()
 
     for i in range(warmup):
         iteration(first_step + i)
@@ -174,7 +177,7 @@ def child_main(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     variant = Variant(args.child, args.ablate or "")
     result = measure_iterations(args.plans, args.clients, variant, args.run_folder, args.warmup,
-                                args.iters, args.seed)
+                                args.iters, args.seed, args.device)
     print(json.dumps(result), flush=True)
     return 0
 
@@ -186,7 +189,7 @@ def run_child(variant: Variant, plans_path: Path, client_names: list[str], run_f
     cmd = [sys.executable, "-m", "benchmarks.train_step", "--child", variant.method,
            "--plans", str(plans_path), "--run-folder", str(run_folder), "--warmup", str(args.warmup),
            "--iters", str(args.iters), "--threads", str(args.threads), "--seed", str(args.seed),
-           "--clients", *client_names]
+           "--device", args.device, "--clients", *client_names]
     if variant.ablations:
         cmd += ["--ablate", variant.ablations]
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
@@ -294,6 +297,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=3, help="Children per variant, alternated (median).")
     parser.add_argument("--threads", type=int, default=2, help="torch threads per child.")
     parser.add_argument("--seed", type=int, default=0, help="Training seed.")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="Where the children train.")
     parser.add_argument("--ablations", help="Extra mucald variants, comma-separated (e.g. no-daca,no-diffusion); "
                         "join ablations of one variant with + (no-daca+no-crdm).")
     parser.add_argument("--work", type=Path, help="Work folder for data, plans and run folders "

@@ -86,6 +86,7 @@ class CrdmConfig:
     """
 
     max_noise_gain: float | None = None
+    eval_timestep: int | None = None  # None: the plan's (T/2, the paper's); lower trades privacy for Dice
     denoiser_width_factor: int = 2  # latent channels = factor x split width
     denoiser_downsample: int = 4  # latent resolution: 1/4 per axis the server's first two stages pool
     scm_hidden: int = 128

@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from mucald_unet.config import Method, OptimizerConfig, TrainingConfig, parse_ablations
+from mucald_unet.config import CrdmConfig, Method, OptimizerConfig, TrainingConfig, parse_ablations
 from mucald_unet.errors import TrainingError
 from mucald_unet.training.trainer import FederatedTrainer, run_folder_for
 from planners.locate import client_names, find_plans
@@ -77,6 +77,9 @@ def train(
     lr: Annotated[float, typer.Option("--lr", min=0.0, help="AdamW learning rate of the networks "
                                                              "(encoders and SCMs use half).")] = OptimizerConfig.lr,
     fedprox_mu: Annotated[float, typer.Option("--fedprox-mu", min=0.0, help="FedProx weight on SS.")] = 1e-3,
+    eval_timestep: Annotated[Optional[int], typer.Option(
+        "--eval-timestep", min=1, help="Noise level of what crosses at evaluation (default: the plan's, T/2); "
+        "training draws timesteps up to it. Lower keeps more Dice and less privacy.")] = None,
     device: Annotated[Device, typer.Option("--device", help="auto uses CUDA when available.")] = Device.auto,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the run's last checkpoint.")] = False,
 ) -> None:
@@ -85,7 +88,8 @@ def train(
     config = TrainingConfig(method=method, ablations=parse_ablations(ablate), rounds=rounds,
                             local_epochs=local_epochs, iterations_per_epoch=iters, fold=fold, seed=seed,
                             device=chosen_device, aggregation=aggregation.value, fedprox_mu=fedprox_mu,
-                            optimizer=OptimizerConfig(lr=lr, aux_lr=lr / 2))
+                            optimizer=OptimizerConfig(lr=lr, aux_lr=lr / 2),
+                            crdm=CrdmConfig(eval_timestep=eval_timestep))
     plans_path = find_plans(preprocessed_root(preprocessed), datasets)
     names = client_names(plans_path, datasets)
     run_folder = run_folder_for(results_root(results), plans_path, config)

@@ -15,12 +15,14 @@ from planners.plans import DiffusionPlan
 
 
 class NoiseSchedule:
-    def __init__(self, plan: DiffusionPlan, max_noise_gain: float | None = None) -> None:
+    def __init__(self, plan: DiffusionPlan, max_noise_gain: float | None = None,
+                 eval_timestep: int | None = None) -> None:
         self.scheduler = DDPMScheduler(num_train_timesteps=plan.num_train_timesteps,
                                        beta_schedule=plan.beta_schedule, clip_sample=False)
         self.alphas_cumprod = self.scheduler.alphas_cumprod.to(torch.float64)
         self.num_timesteps = plan.num_train_timesteps
-        self.eval_timestep = min(plan.eval_timestep, self.num_timesteps - 1)
+        chosen = plan.eval_timestep if eval_timestep is None else eval_timestep
+        self.eval_timestep = min(max(chosen, 1), self.num_timesteps - 1)
         gains = self.noise_gain(torch.arange(self.num_timesteps))
         limit = float(gains[self.eval_timestep]) if max_noise_gain is None else max_noise_gain
         allowed = torch.nonzero(gains <= limit * (1 + 1e-9)).flatten()

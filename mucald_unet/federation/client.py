@@ -80,7 +80,8 @@ class SplitClient:
                                denoiser_width=self.config.crdm.denoiser_width_factor * federation.split_channels,
                                scm_hidden=self.config.crdm.scm_hidden,
                                denoiser_downsample=latent_downsample(federation, self.config.crdm.denoiser_downsample))
-        schedule = NoiseSchedule(federation.diffusion, self.config.crdm.max_noise_gain)
+        schedule = NoiseSchedule(federation.diffusion, self.config.crdm.max_noise_gain,
+                                 self.config.crdm.eval_timestep)
         graph = NodeGraph.from_plan(self.plan.causal_graph, federation.causal.num_nodes)
         for split in SPLITS:
             self.splits[split] = CausalDiffusionSplit(federation.server_segment.spatial_dims,
@@ -202,9 +203,12 @@ class SplitClient:
         return ClientValidation(dict(zip(classes, (float(v) for v in mean))), float(np.mean(losses)))
 
     # ---- round end --------------------------------------------------------------------------
-    def send_round_report(self, round_index: int, terms: dict[str, float], validation: ClientValidation) -> None:
+    def send_round_report(self, round_index: int, terms: dict[str, float], val_loss: float | None) -> None:
+        """Shared weights and scalars for aggregation; ``val_loss`` is the last one measured (None in
+        the first round, which makes causal-invariant fusion fall back to equal weights)."""
         proxy = [terms[k] for k in ("proxy1", "proxy2") if k in terms]
-        scalars = {"num_samples": float(len(self.data.train)), "val_loss": validation.loss,
+        val_loss = float("nan") if val_loss is None else val_loss
+        scalars = {"num_samples": float(len(self.data.train)), "val_loss": val_loss,
                    "proxy_mse": float(np.mean(proxy)) if proxy else float("nan")}
         if self.splits:
             shared = {f"{name}.{k}": v for name, split in self.splits.items() for k, v in split.shared_state().items()}

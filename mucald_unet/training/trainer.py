@@ -97,6 +97,7 @@ class FederatedTrainer:
         for client in self.clients:
             client.join()
         self.log = RunLog(self.run_folder / LOG_FILE)
+        self._last_val_loss: dict[str, float] = {}  # previous round's, for causal-invariant fusion
 
     def _client_data(self, name: str) -> ClientData:
         plan = self.plans.client(name)
@@ -123,7 +124,7 @@ class FederatedTrainer:
             records = self._finish_round(round_index, time.perf_counter() - started)
             final_dice = {r["client"]: r["mean_val_dice"] for r in records}
             score = float(np.nanmean(list(final_dice.values())))
-            state.history.append({"round": round_index, "mean_val_dice": score})
+            state.history.append({"round": round_index, "mean_val_dice": score, "val_loss": self._last_val_loss})
             state.rounds_done = round_index + 1
             improved = not np.isnan(score) and score > state.best_score
             if improved:
@@ -137,14 +138,14 @@ class FederatedTrainer:
 
     def _finish_round(self, round_index: int, train_seconds: float) -> list[dict]:
         factor = self.config.schedule.factor(self.config.progress(round_index, self.config.iterations_per_round))
-        results = {}
-        for client in self.clients:
-            terms = client.pop_round_terms()
-            validation = client.validate(round_index)
-            client.send_round_report(round_index, terms, validation)
-            results[client.name] = (terms, validation)
+        terms = {}
+        for client in self.clients:  # report, then the server aggregates, then validate what was aggregated
+            terms[client.name] = client.pop_round_terms()
+            client.send_round_report(round_index, terms[client.name], self._last_val_loss.get(client.name))
         for client in self.clients:
             client.fetch_shared_weights(round_index)
+        results = {c.name: (terms[c.name], c.validate(round_index)) for c in self.clients}
+        self._last_val_loss = {name: validation.loss for name, (_, validation) in results.items()}
         weights = getattr(self.server, "last_weights", {})
         server_metrics = self.server.pop_round_metrics()
         manifest = self.transport.drain_manifest()
@@ -186,6 +187,7 @@ class FederatedTrainer:
         for client in self.clients:
             client.load_state_dict(checkpoint.clients[client.name])
         restore_rng_state(checkpoint.rng)
+        self._last_val_loss = dict(checkpoint.history[-1]["val_loss"]) if checkpoint.history else {}
         for record_file in (LOG_FILE, MANIFEST_FILE):  # drop what a crashed round left behind
             RunLog(self.run_folder / record_file).truncate_after_round(checkpoint.rounds_done - 1)
         return checkpoint
