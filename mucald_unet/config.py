@@ -105,6 +105,7 @@ class TrainingConfig:
     device: str = "cpu"
     aggregation: str = "equal"
     fedprox_mu: float = 1e-3
+    local_norms: bool = False  # FedBN-style: the server segment's norm affine parameters stay per client
     losses: LossWeights = field(default_factory=LossWeights)
     schedule: AuxiliarySchedule = field(default_factory=AuxiliarySchedule)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)

@@ -28,6 +28,11 @@ from mucald_unet.networks.segments import build_server_segment
 from planners.plans import FederationPlan
 
 
+def is_norm_key(name: str) -> bool:
+    """State keys of DynUNet's normalisation layers (``...norm1.weight``)."""
+    return ".norm" in name or name.startswith("norm")
+
+
 @dataclass
 class _Pending:
     """Forward state of one client's step, kept until its gradient arrives."""
@@ -159,7 +164,10 @@ class SplitServer:
         segment, optimizer = self.segments[client], self.optimizers[client]
         loss = (pending.outputs * message.tensors["gradient"]).sum() + sum(pending.adversarial)
         if self.config.federated and self.config.fedprox_mu > 0:
-            proximal = fedprox_penalty(segment, self.reference, self.config.fedprox_mu)
+            reference = self.reference
+            if self.config.local_norms:  # a client's own norms are not pulled towards the average
+                reference = {**reference, **{k: v.detach() for k, v in segment.named_parameters() if is_norm_key(k)}}
+            proximal = fedprox_penalty(segment, reference, self.config.fedprox_mu)
             self._metrics[client].add("fedprox", float(proximal.detach()))
             loss = loss + proximal
         if not torch.isfinite(loss):
@@ -204,8 +212,9 @@ class SplitServer:
         if self.config.federated:
             averaged = weighted_average([self.segments[c].state_dict() for c in self.clients], w)
             self.global_segment.load_state_dict(averaged)
+            shared = {k: v for k, v in averaged.items() if not (self.config.local_norms and is_norm_key(k))}
             for segment in self.segments.values():
-                segment.load_state_dict(averaged)
+                segment.load_state_dict({**segment.state_dict(), **shared})
             self.reference = self._snapshot(self.global_segment)
         if self._uploads:
             missing = set(self.clients) - set(self._uploads)
