@@ -77,6 +77,8 @@ def train(
     lr: Annotated[float, typer.Option("--lr", min=0.0, help="AdamW learning rate of the networks "
                                                              "(encoders and SCMs use half).")] = OptimizerConfig.lr,
     fedprox_mu: Annotated[float, typer.Option("--fedprox-mu", min=0.0, help="FedProx weight on SS.")] = 1e-3,
+    local_norms: Annotated[bool, typer.Option(
+        "--local-norms", help="Keep the server segment's normalisation parameters per client (FedBN).")] = False,
     eval_timestep: Annotated[Optional[int], typer.Option(
         "--eval-timestep", min=1, help="Noise level of what crosses at evaluation (default: the plan's, T/2); "
         "training draws timesteps up to it. Lower keeps more Dice and less privacy.")] = None,
@@ -88,6 +90,7 @@ def train(
     config = TrainingConfig(method=method, ablations=parse_ablations(ablate), rounds=rounds,
                             local_epochs=local_epochs, iterations_per_epoch=iters, fold=fold, seed=seed,
                             device=chosen_device, aggregation=aggregation.value, fedprox_mu=fedprox_mu,
+                            local_norms=local_norms,
                             optimizer=OptimizerConfig(lr=lr, aux_lr=lr / 2),
                             crdm=CrdmConfig(eval_timestep=eval_timestep))
     plans_path = find_plans(preprocessed_root(preprocessed), datasets)

@@ -77,25 +77,73 @@ def mlp(in_features: int, hidden: int, out_features: int) -> nn.Sequential:
                          nn.Linear(hidden, out_features))
 
 
+class NodeMLPs(nn.Module):
+    """K independent 3-layer MLPs (hidden ReLU layers) evaluated in one batched call each layer.
+
+    One einsum per layer instead of three Linear modules per node: the SCM is a handful of tiny
+    matrices, where per-call overhead, not arithmetic, is the cost.
+    """
+
+    def __init__(self, count: int, in_features: int, hidden: int, out_features: int) -> None:
+        super().__init__()
+        shapes = ((in_features, hidden), (hidden, hidden), (hidden, out_features))
+        self.weights = nn.ParameterList(nn.Parameter(torch.empty(count, i, o)) for i, o in shapes)
+        self.biases = nn.ParameterList(nn.Parameter(torch.empty(count, o)) for _, o in shapes)
+        for weight, bias in zip(self.weights, self.biases):  # nn.Linear's default initialisation
+            bound = 1.0 / weight.shape[1] ** 0.5
+            nn.init.uniform_(weight, -bound, bound)
+            nn.init.uniform_(bias, -bound, bound)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(B, K, in_features) -> (B, K, out_features), MLP k applied to row k."""
+        last = len(self.weights) - 1
+        for layer, (weight, bias) in enumerate(zip(self.weights, self.biases)):
+            x = torch.einsum("bki,kio->bko", x, weight) + bias
+            if layer < last:
+                x = torch.relu(x)
+        return x
+
+
 class NeuralSCM(nn.Module):
-    """z_i = MLP_i([u_i, z_parents(i)]) in topological order; z_causal = concat(z_i)."""
+    """z_i = MLP_i([u_i, z_parents(i)]); z_causal = concat(z_i).
+
+    Every node's MLP reads [u_i, z_1 .. z_K] with the non-parents masked to zero, so all nodes
+    whose parents are known are computed in one batched call: a graph of depth L costs L calls.
+    """
 
     def __init__(self, graph: NodeGraph, node_dim: int, hidden: int) -> None:
         super().__init__()
+        num_nodes = len(graph.names)
         self.graph = graph
         self.node_dim = node_dim
-        self.mechanisms = nn.ModuleList(
-            mlp(node_dim * (1 + len(graph.parents[i])), hidden, node_dim) for i in range(len(graph.names)))
+        self.mechanisms = NodeMLPs(num_nodes, node_dim * (1 + num_nodes), hidden, node_dim)
+        mask = torch.zeros(num_nodes, 1 + num_nodes, node_dim)
+        mask[:, 0] = 1.0  # each node's own exogenous noise
+        for i, parents in enumerate(graph.parents):
+            for p in parents:
+                mask[i, 1 + p] = 1.0
+        self.register_buffer("input_mask", mask.flatten(1), persistent=False)
+        self.levels = _levels(graph.parents)
         # learned per-node log-variance of q(z_i); created with the module, so it is in the optimiser
-        self.z_logvar = nn.Parameter(torch.zeros(len(graph.names), node_dim))
+        self.z_logvar = nn.Parameter(torch.zeros(num_nodes, node_dim))
 
     def forward(self, u: Tensor) -> Tensor:
-        d = self.node_dim
-        nodes: list[Tensor | None] = [None] * len(self.graph.names)
-        for i in self.graph.order:
-            inputs = [u[:, i * d:(i + 1) * d]] + [nodes[p] for p in self.graph.parents[i]]
-            nodes[i] = self.mechanisms[i](torch.cat(inputs, dim=1))
-        return torch.cat(nodes, dim=1)
+        batch, num_nodes, d = u.shape[0], len(self.graph.names), self.node_dim
+        own = u.view(batch, num_nodes, d)
+        z = torch.zeros_like(own)
+        for level in self.levels:
+            known = z.reshape(batch, 1, num_nodes * d).expand(batch, num_nodes, num_nodes * d)
+            out = self.mechanisms(torch.cat([own, known], dim=2) * self.input_mask)
+            z = torch.where(level.view(1, -1, 1).to(u.device), out, z)
+        return z.flatten(1)
+
+
+def _levels(parents: tuple[tuple[int, ...], ...]) -> list[Tensor]:
+    """Boolean masks of the nodes computable at each step: level k = longest parent chain k."""
+    depth: list[int] = [0] * len(parents)
+    for i in _topological_order(parents):
+        depth[i] = 1 + max((depth[p] for p in parents[i]), default=-1)
+    return [torch.tensor([d == level for d in depth]) for level in range(max(depth, default=0) + 1)]
 
 
 class PlainLatentMap(NeuralSCM):
@@ -103,10 +151,10 @@ class PlainLatentMap(NeuralSCM):
 
     def __init__(self, num_nodes: int, node_dim: int, hidden: int) -> None:
         super().__init__(NodeGraph.empty(num_nodes), node_dim, hidden)
-        self.mechanisms = nn.ModuleList([mlp(num_nodes * node_dim, hidden, num_nodes * node_dim)])
+        self.mechanisms = mlp(num_nodes * node_dim, hidden, num_nodes * node_dim)
 
     def forward(self, u: Tensor) -> Tensor:
-        return self.mechanisms[0](u)
+        return self.mechanisms(u)
 
 
 class ProxyPrior(nn.Module):

@@ -70,6 +70,11 @@ def test_scm_follows_the_client_graph_and_pads_missing_nodes() -> None:
     assert torch.equal(scm(child_moved)[:, 0], base[:, 0])  # a child does not cause its parent
     assert not torch.allclose(scm(parent_moved)[:, 1], base[:, 1])  # the parent reaches its child
     assert torch.equal(scm(parent_moved)[:, 2], base[:, 2])  # an unrelated node is untouched
+    chain = NeuralSCM(NodeGraph.from_plan(graph_plan(["a", "b", "c"], {"b": ["a"], "c": ["b"]}), 3), 1, 8)
+    assert len(chain.levels) == 3
+    moved = u[:, :3].clone()
+    moved[:, 0] += 1.0
+    assert not torch.allclose(chain(moved)[:, 2], chain(u[:, :3])[:, 2])  # a reaches c through b
     with pytest.raises(ValueError, match="cycle"):
         NodeGraph.from_plan(graph_plan(["a", "b"], {"a": ["b"], "b": ["a"]}), num_nodes=2)
 
