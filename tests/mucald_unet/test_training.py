@@ -183,3 +183,25 @@ def test_validation_is_deterministic_and_in_eval_mode(tiny_federation: Path, tmp
     first = client.validate(0)
     assert not any(m.training for m in client.front_end.modules())
     assert client.validate(0) == first
+
+
+def test_causal_fusion_weights_follow_the_reports_after_the_first_round(tiny_federation: Path,
+                                                                       tmp_path: Path) -> None:
+    run = trainer(tiny_federation, tmp_path, rounds=2, aggregation="causal")
+    run.run()
+    records = [json.loads(line) for line in (tmp_path / LOG_FILE).read_text().splitlines()]
+    first = [r["aggregation_weight"] for r in records if r["round"] == 0]
+    second = [r["aggregation_weight"] for r in records if r["round"] == 1]
+    assert first == pytest.approx([1 / 3] * 3)  # no validation loss yet: equal weights
+    assert sum(second) == pytest.approx(1.0) and len(set(round(w, 6) for w in second)) > 1
+    assert min(second) >= 0.5 * 0.25 / 3 + 0.5 / 3 - 1e-9  # floor, then the 50/50 blend
+
+
+def test_local_norms_keep_normalisation_per_client_and_share_the_rest(tiny_federation: Path,
+                                                                      tmp_path: Path) -> None:
+    run = trainer(tiny_federation, tmp_path, method="splitfed", local_norms=True)
+    run.run()
+    first, second = (s.state_dict() for s in list(run.server.segments.values())[:2])
+    norms = [k for k in first if ".norm" in k]
+    assert norms and not all(torch.equal(first[k], second[k]) for k in norms)
+    assert all(torch.equal(first[k], second[k]) for k in first if ".norm" not in k)
