@@ -37,7 +37,6 @@ class SplitOptions:
 class SplitResult:
     features: Tensor  # what travels on (x0_hat, or x without diffusion)
     losses: dict[str, Tensor] = field(default_factory=dict)  # diffusion, kl_u, proxy, kl_z
-    proxy_mse: float = float("nan")  # unweighted, for the round report
 
 
 class CausalDiffusionSplit(nn.Module):
@@ -66,7 +65,6 @@ class CausalDiffusionSplit(nn.Module):
         result = SplitResult(x)
         if self.training and proxies is not None:
             result.losses.update(self._causal_losses(mu, logvar, z, proxies, proxy_mask))
-            result.proxy_mse = float(result.losses["proxy"].detach())
         if self.denoiser is not None:
             result.features = self._denoised(x, z, result.losses, noise_generator)
         return result

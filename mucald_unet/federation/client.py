@@ -70,7 +70,7 @@ class SplitClient:
         self.seg_loss = segmentation_loss(config.losses.ce_in_seg)
         has_edges = any(plan.causal_graph.parents.values())
         self.proxy_scale = 1.0 if has_edges else config.crdm.weak_proxy_scale
-        self._round_terms: dict[str, list[float]] = {}
+        self._round_terms: list[tuple] = []  # per step: (term names, their values as one tensor)
 
     def _build_crdm(self, federation: FederationPlan) -> None:
         ablations = self.config.ablations
@@ -131,7 +131,7 @@ class SplitClient:
         head_terms = {f"{k}1": v for k, v in head.losses.items()}
         tail_terms = {"seg": seg, **{f"{k}2": v for k, v in tail.losses.items()}}
         weights = self._term_weights(factor)
-        self._check_finite({**head_terms, **tail_terms}, round_index)
+        values = self._checked_values({**head_terms, **tail_terms}, round_index)
         weighted_sum(tail_terms, weights).backward()
         reply = self.transport.request(Message(self.name, Kind.GRADIENT, "split2", round_index, step,
                                                {"gradient": received.grad}))
@@ -144,9 +144,8 @@ class SplitClient:
         torch.nn.utils.clip_grad_norm_(params, self.config.optimizer.grad_clip)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        for name, value in {**head_terms, **tail_terms}.items():
-            self._round_terms.setdefault(name, []).append(float(value.detach()))
-        return float(seg.detach())
+        self._round_terms.append(({**head_terms, **tail_terms}.keys(), values))
+        return float(values[len(head_terms)])  # seg; already on the host side of the one sync
 
     def _through_split(self, split: str, features: Tensor, proxies: Tensor, mask: Tensor) -> SplitResult:
         if split not in self.splits:
@@ -161,16 +160,22 @@ class SplitClient:
                             f"kl_u{s}": factor * w.kl_u, f"kl_z{s}": factor * w.kl_z})
         return weights
 
-    def _check_finite(self, terms: dict[str, Tensor], round_index: int) -> None:
-        for name, value in terms.items():
-            if not torch.isfinite(value.detach()).all():
-                raise DivergenceError(self.name, name, round_index)
+    def _checked_values(self, terms: dict[str, Tensor], round_index: int) -> Tensor:
+        """All terms' values in one tensor, checked with one device sync per step (not one per term)."""
+        values = torch.stack([v.detach().float() for v in terms.values()])
+        if not bool(torch.isfinite(values).all()):
+            bad = next(name for name, v in zip(terms, values.tolist()) if not np.isfinite(v))
+            raise DivergenceError(self.name, bad, round_index)
+        return values
 
     def pop_round_terms(self) -> dict[str, float]:
         """Mean of each loss term over the round's steps (for the log and the report)."""
-        means = {k: float(np.mean(v)) for k, v in self._round_terms.items()}
-        self._round_terms = {}
-        return means
+        sums: dict[str, list[Tensor]] = {}
+        for names, values in self._round_terms:
+            for name, value in zip(names, values):
+                sums.setdefault(name, []).append(value)
+        self._round_terms = []
+        return {name: float(torch.stack(v).mean()) for name, v in sums.items()}
 
     # ---- validation and inference -----------------------------------------------------------
     def predict_window(self, images: Tensor, round_index: int = 0,

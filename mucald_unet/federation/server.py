@@ -44,15 +44,15 @@ class _Pending:
 
 @dataclass
 class _RoundMetrics:
-    sums: dict[str, float] = field(default_factory=dict)
-    counts: dict[str, int] = field(default_factory=dict)
+    """Per-step values kept as tensors and averaged at round end: no device sync per step."""
 
-    def add(self, name: str, value: float) -> None:
-        self.sums[name] = self.sums.get(name, 0.0) + value
-        self.counts[name] = self.counts.get(name, 0) + 1
+    values: dict[str, list[Tensor]] = field(default_factory=dict)
+
+    def add(self, name: str, value: Tensor) -> None:
+        self.values.setdefault(name, []).append(value.detach().float())
 
     def means(self) -> dict[str, float]:
-        return {k: self.sums[k] / self.counts[k] for k in self.sums}
+        return {k: float(torch.stack(v).mean()) for k, v in self.values.items()}
 
 
 class SplitServer:
@@ -143,9 +143,8 @@ class SplitServer:
                 logits = self.discriminators[split](reverse_gradient(seen, weight))
                 loss = nn.functional.cross_entropy(logits, domain)
                 adversarial.append(loss)
-                self._metrics[client].add(f"disc_{split}", float(loss.detach()))
-                self._metrics[client].add(f"disc_acc_{split}",
-                                          float((logits.argmax(1) == domain).float().mean()))
+                self._metrics[client].add(f"disc_{split}", loss)
+                self._metrics[client].add(f"disc_acc_{split}", (logits.argmax(1) == domain).float().mean())
         self._pending[client] = _Pending(inputs, outputs, adversarial)
         return self._reply(message, Kind.FEATURES, "split2", {"features": outputs.detach()})
 
@@ -168,7 +167,7 @@ class SplitServer:
             if self.config.local_norms:  # a client's own norms are not pulled towards the average
                 reference = {**reference, **{k: v.detach() for k, v in segment.named_parameters() if is_norm_key(k)}}
             proximal = fedprox_penalty(segment, reference, self.config.fedprox_mu)
-            self._metrics[client].add("fedprox", float(proximal.detach()))
+            self._metrics[client].add("fedprox", proximal)
             loss = loss + proximal
         if not torch.isfinite(loss):
             raise DivergenceError(client, "server segment", message.round)
