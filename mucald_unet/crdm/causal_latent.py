@@ -97,11 +97,12 @@ class NodeMLPs(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """(B, K, in_features) -> (B, K, out_features), MLP k applied to row k."""
         last = len(self.weights) - 1
+        x = x.transpose(0, 1)  # (K, B, in): one batched matmul per layer
         for layer, (weight, bias) in enumerate(zip(self.weights, self.biases)):
-            x = torch.einsum("bki,kio->bko", x, weight) + bias
+            x = torch.baddbmm(bias.unsqueeze(1), x, weight)
             if layer < last:
                 x = torch.relu(x)
-        return x
+        return x.transpose(0, 1)
 
 
 class NeuralSCM(nn.Module):

@@ -141,7 +141,7 @@ class SplitClient:
             grads.append(torch.ones((), device=self.device))
         torch.autograd.backward(roots, grads)
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
-        torch.nn.utils.clip_grad_norm_(params, self.config.optimizer.grad_clip)
+        torch.nn.utils.clip_grad_norm_(params, self.config.optimizer.grad_clip, foreach=True)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self._round_terms.append(({**head_terms, **tail_terms}.keys(), values))

@@ -172,7 +172,7 @@ class SplitServer:
         if not torch.isfinite(loss):
             raise DivergenceError(client, "server segment", message.round)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(segment.parameters(), self.config.optimizer.grad_clip)
+        torch.nn.utils.clip_grad_norm_(segment.parameters(), self.config.optimizer.grad_clip, foreach=True)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         self._step_discriminators_when_all_seen(client, message.step)
