@@ -72,8 +72,12 @@ def _draw_client(dice_ax: Axes, loss_ax: Axes, client: str, rows: Mapping[int, M
     dice_ax.set_ylim(-0.02, 1.02)
 
     losses = _series(rows, "losses")
-    for name, values in losses.items():
-        loss_ax.plot(rounds, values, marker="o", markersize=3, label=name)
+    from matplotlib import colormaps
+
+    palette = colormaps["tab20"]  # up to ~16 terms: tab10 would repeat colours
+    for index, (name, values) in enumerate(sorted(losses.items())):
+        loss_ax.plot(rounds, values, marker="o", markersize=3, label=name, color=palette(index % 20),
+                     linestyle="-" if index < 20 else "--")
     present = [v for values in losses.values() for v in values if not math.isnan(v)]
     if present and min(present) > 0:
         loss_ax.set_yscale("log")  # terms span orders of magnitude (KL ~1e-4 vs seg ~1)
@@ -84,8 +88,8 @@ def _draw_client(dice_ax: Axes, loss_ax: Axes, client: str, rows: Mapping[int, M
         ax.set_xlabel("round")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(True, alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize="small", loc="best")
+        if ax.get_legend_handles_labels()[0]:  # beside the axes, so it never hides a curve
+            ax.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
 
 
 def plot_training_curves(records: Sequence[Mapping], out_png: Path) -> None:
@@ -99,7 +103,7 @@ def plot_training_curves(records: Sequence[Mapping], out_png: Path) -> None:
     out_png = Path(out_png)
     by_client = {c: dict(sorted(rows.items())) for c, rows in sorted(_round_records(records).items())}
     n_rows = max(1, len(by_client))
-    fig = Figure(figsize=(12, 3.6 * n_rows), layout="constrained")
+    fig = Figure(figsize=(14, 3.6 * n_rows), layout="constrained")
     axes = fig.subplots(n_rows, 2, squeeze=False)
     if not by_client:
         for ax in axes[0]:
