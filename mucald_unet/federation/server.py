@@ -80,6 +80,7 @@ class SplitServer:
                                                          lr=config.optimizer.discriminator_lr, fused=True)
                                         if config.uses_daca else None)
         self.num_samples: dict[str, int] = {}
+        self.last_weights: dict[str, float] = {}  # of the last aggregation; empty when nothing is averaged
         self.shared_global: dict[str, Tensor] = {}
         self._uploads: dict[str, dict[str, Tensor]] = {}
         self._reports: dict[str, ClientReport] = {}
@@ -206,7 +207,7 @@ class SplitServer:
 
     def _aggregate(self) -> None:
         weights = self.aggregation_weights()
-        self.last_weights = weights
+        self.last_weights = weights if (self.config.federated or self._uploads) else {}
         w = [weights[c] for c in self.clients]
         if self.config.federated:
             averaged = weighted_average([self.segments[c].state_dict() for c in self.clients], w)

@@ -146,7 +146,7 @@ class FederatedTrainer:
             client.fetch_shared_weights(round_index)
         results = {c.name: (terms[c.name], c.validate(round_index)) for c in self.clients}
         self._last_val_loss = {name: validation.loss for name, (_, validation) in results.items()}
-        weights = getattr(self.server, "last_weights", {})
+        weights = self.server.last_weights
         server_metrics = self.server.pop_round_metrics()
         manifest = self.transport.drain_manifest()
         if manifest:
