@@ -27,8 +27,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks.train_step import (REPO, Variant, ablation_variants, log, plan_federation, plan_table,
-                                   prepare_demo)
+from benchmarks.reporting import emit_report, log
+from benchmarks.train_step import REPO, Variant, ablation_variants, plan_federation, plan_table, prepare_demo
 from preprocessing.errors import MucaldError
 
 SUMMARY_FILE = "summary.json"
@@ -391,11 +391,7 @@ def main(argv: list[str] | None = None) -> int:
         results = run_all(runs, args)
         text = report(datasets, runs, results, [v.label for v in variants], args,
                       time.perf_counter() - started)
-        print(text)
-        if args.out:
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            args.out.write_text(text)
-            log(f"wrote {args.out}")
+        emit_report(text, args.out)
         return 1 if any("error" in r for r in results.values()) else 0
     finally:
         if temp and not args.keep:

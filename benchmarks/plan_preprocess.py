@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks.process_meter import Measurement, measure, median_measurement, psutil
+from benchmarks.reporting import emit_report, log
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_VENV = REPO / "benchmarks" / ".venv"  # git-ignored by the ".venv/" rule of .gitignore
@@ -62,10 +63,6 @@ NNUNET_ENV = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "nnUNet_def
 
 
 # --------------------------------------------------------------------------------------- helpers
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
 
 def run_checked(cmd: list[str], **kwargs) -> None:
     log("$ " + " ".join(str(c) for c in cmd))
@@ -458,11 +455,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, cmd in commands.items():
             report.append(f"- {name}: `{' '.join(cmd)}`")
         text = "\n".join(report) + "\n"
-        print(text)
-        if args.out:
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            args.out.write_text(text)
-            log(f"wrote {args.out}")
+        emit_report(text, args.out)
         failed = [key for key, runs in results.items() if any(r.returncode != 0 for r in runs)]
         return 1 if failed else 0
     finally:

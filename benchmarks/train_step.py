@@ -30,6 +30,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from benchmarks.reporting import emit_report, log
 from preprocessing.errors import MucaldError
 
 # The project's heavy modules (torch, the planners) are imported inside the functions that use
@@ -41,10 +42,6 @@ DEMO_IDS = ("1", "2", "3")
 GOAL_TIME_RATIO = 1.3
 GOAL_BYTES_TOLERANCE = 0.05
 PLANNED_MARKER = "planned.txt"  # written into a work folder's preprocessed root once it is complete
-
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 # ------------------------------------------------------------------------------------------ data
@@ -347,11 +344,7 @@ def main(argv: list[str] | None = None) -> int:
                   "Ratios are to splitfed (below 1.00x: cheaper). An iteration is one step of every client.", "",
                   *goal_lines(results)]
         text = "\n".join(report) + "\n"
-        print(text)
-        if args.out:
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            args.out.write_text(text)
-            log(f"wrote {args.out}")
+        emit_report(text, args.out)
         return 0 if all(results.values()) else 1
     finally:
         if temp and not args.keep:
