@@ -5,8 +5,10 @@ Sized for speed (MUCALD.md: two full-resolution 128-channel denoisers made the p
 in-plane by default) enters a ``width``-channel latent, two FiLM blocks conditioned on an MLP of
 [z_causal, sinusoidal t] work there, and a transposed conv returns to full resolution. White
 noise has no low-resolution structure, so a latent alone cannot predict it (its loss stayed at
-~1.0); a FiLM-conditioned per-pixel branch (1x1 convs) at full resolution removes the part of the
-noise that the channels' redundancy reveals, for a fraction of one 3x3 conv's cost.
+~1.0); a FiLM-conditioned linear per-pixel branch (one 1x1 conv) at full resolution adds the
+linear (Wiener-like) estimate of the noise from the channels' redundancy, which is most of what a
+pixel-wise estimator can know, for a fraction of one 3x3 conv's cost (a two-layer 32-wide version
+cost 3x more time for the same role).
 """
 
 from __future__ import annotations
@@ -48,9 +50,8 @@ class ConditionalDenoiser(nn.Module):
         self.down = patchify_conv(spatial_dims, channels, width, self.downsample)
         self.blocks = nn.ModuleList(FiLMBlock(spatial_dims, width, cond_dim) for _ in range(2))
         self.up = transposed_conv(spatial_dims, width, channels, self.downsample)
-        self.pixel_in = conv(spatial_dims, channels, width, kernel_size=1)
-        self.pixel_film = nn.Linear(cond_dim, 2 * width)
-        self.pixel_out = conv(spatial_dims, width, channels, kernel_size=1)
+        self.pixel = conv(spatial_dims, channels, channels, kernel_size=1)
+        self.pixel_film = nn.Linear(cond_dim, 2 * channels)
 
     def forward(self, x_t: Tensor, timesteps: Tensor, z_causal: Tensor) -> Tensor:
         t_features = self.time_features(timesteps).to(x_t.dtype)
@@ -65,6 +66,5 @@ class ConditionalDenoiser(nn.Module):
             h = block(h, cond)
         scale, shift = self.pixel_film(cond).chunk(2, dim=1)
         shape = (*scale.shape, *([1] * len(spatial)))
-        pixel = self.pixel_in(x_t) * (1 + scale.view(shape)) + shift.view(shape)
-        eps = self.up(h) + self.pixel_out(nn.functional.silu(pixel))
+        eps = self.up(h) + self.pixel(x_t) * (1 + scale.view(shape)) + shift.view(shape)
         return eps[(..., *(slice(0, s) for s in spatial))]
