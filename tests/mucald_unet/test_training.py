@@ -205,3 +205,22 @@ def test_local_norms_keep_normalisation_per_client_and_share_the_rest(tiny_feder
     norms = [k for k in first if ".norm" in k]
     assert norms and not all(torch.equal(first[k], second[k]) for k in norms)
     assert all(torch.equal(first[k], second[k]) for k in first if ".norm" not in k)
+
+
+def test_a_3d_federation_trains_and_validates(tmp_path: Path) -> None:
+    from planners.budget import Preset
+    from planners.pipeline import PipelineConfig, plan_and_preprocess
+    from planners.planner import PlannerConfig
+    from preprocessing.demo import make_demo_federation
+
+    make_demo_federation(tmp_path / "raw", seed=0, size="tiny")
+    plans_path = plan_and_preprocess(PipelineConfig(
+        raw_root=tmp_path / "raw", preprocessed_root=tmp_path / "pp", datasets=("2",),
+        planner=PlannerConfig(preset=Preset("cpu"), dimensionality="3d")))
+    plans = load_plans(plans_path)
+    assert plans.federation.dimensionality == "3d"
+    run = FederatedTrainer(plans_path, ["Dataset002_DemoLungCT"], quick_config(), tmp_path / "run")
+    summary = run.run()
+    assert summary.rounds_done == 1 and 0.0 <= summary.final_dice["Dataset002_DemoLungCT"] <= 1.0
+    assert isinstance(run.clients[0].front_end.stem.conv1.conv, torch.nn.Conv3d)
+    assert len(run.clients[0].splits["crdm1"].denoiser.downsample) == 3
