@@ -1,3 +1,3 @@
-"""inference: prediction on new scans, export with the original geometry, and evaluation
-(built by the prediction issue; empty until then).
+"""inference: what happens after training. Owns evaluation of predicted label maps against
+references (metrics, summaries, ``mucald_evaluate``); prediction and geometry-exact export are still to come.
 """

@@ -1,0 +1,1 @@
+"""Console commands owned by the inference package: evaluate."""
