@@ -1,3 +1,3 @@
-"""mucald_unet: split networks, CRDM and DACA modules, federation roles and the training loop
-(built by the training issue; empty until then).
+"""mucald_unet: the split networks, CRDM and DACA modules, the client/server roles and transport,
+and the training loop behind ``mucald_train``.
 """

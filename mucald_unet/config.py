@@ -7,7 +7,7 @@ to train, which method and ablations run, and the loss weights. It is written be
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields
 from enum import Enum
 from typing import Any
 
@@ -171,9 +171,6 @@ class TrainingConfig:
         if unknown:
             raise TrainingError(f"unknown training settings: {', '.join(sorted(unknown))}.")
         return cls(**data)
-
-    def with_overrides(self, **changes: Any) -> "TrainingConfig":
-        return replace(self, **changes)
 
 
 def parse_ablations(text: str | None) -> frozenset[Ablation]:

@@ -1,0 +1,1 @@
+"""The training package's console command: ``mucald_train``."""

@@ -45,9 +45,3 @@ class NoiseSchedule:
     def add_noise(self, x: Tensor, noise: Tensor, timesteps: Tensor) -> Tensor:
         """x_t = sqrt(a_bar_t) x + sqrt(1 - a_bar_t) eps."""
         return self.scheduler.add_noise(x, noise, timesteps)
-
-    def predict_clean(self, x_t: Tensor, eps_pred: Tensor, timesteps: Tensor) -> Tensor:
-        """x0_hat = (x_t - sqrt(1 - a_bar_t) eps_pred) / sqrt(a_bar_t)."""
-        a_bar = self.alphas_cumprod[timesteps.long().cpu()].to(device=x_t.device, dtype=x_t.dtype)
-        a_bar = a_bar.view(-1, *([1] * (x_t.ndim - 1)))
-        return (x_t - torch.sqrt(1 - a_bar) * eps_pred) / torch.sqrt(a_bar)

@@ -1,0 +1,1 @@
+"""Training: data sampling, augmentation, losses, validation, checkpoints, logs and the round loop."""

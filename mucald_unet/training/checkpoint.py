@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from mucald_unet.errors import TrainingError
+from mucald_unet.training.augmentation import augmentation_rng_state, restore_augmentation_rng_state
 from planners.plans import Plans, plans_to_dict
 from preprocessing.atomic import atomic_output
 
@@ -49,7 +48,7 @@ class Checkpoint:
 
 
 def capture_rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    state = {"torch": torch.get_rng_state(), "augmentation": augmentation_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -58,8 +57,7 @@ def capture_rng_state() -> dict[str, Any]:
 def restore_rng_state(state: dict[str, Any]) -> None:
     """RNG states are CPU byte tensors even when the checkpoint was mapped onto a GPU."""
     torch.set_rng_state(state["torch"].cpu())
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
+    restore_augmentation_rng_state(state["augmentation"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 

@@ -71,10 +71,6 @@ class TrainingCase:
     label: np.ndarray  # integer (*spatial)
     foreground: dict[int, np.ndarray]  # label value -> (n, ndim) voxel coordinates, non-empty only
 
-    @property
-    def spatial_shape(self) -> tuple[int, ...]:
-        return tuple(self.images.shape[1:])
-
 
 def load_training_cases(cases_folder: Path, case_ids: Sequence[str]) -> list[TrainingCase]:
     """Load labelled cases; an unlabelled or malformed case stops training before it starts."""
