@@ -16,22 +16,17 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from mucald_unet.config import Ablation, TrainingConfig
-from mucald_unet.crdm.causal_latent import NodeGraph
-from mucald_unet.crdm.noise_schedule import NoiseSchedule
-from mucald_unet.crdm.split_point import CausalDiffusionSplit, SplitOptions, SplitResult
+from mucald_unet.config import TrainingConfig
 from mucald_unet.errors import DivergenceError
+from mucald_unet.federation.client_network import ClientNetwork
 from mucald_unet.federation.messages import VALIDATION_STEP, Kind, Message
 from mucald_unet.federation.transport import Transport
-from mucald_unet.networks.segments import build_back_end, build_front_end
 from mucald_unet.training.augmentation import build_augmentation
 from mucald_unet.training.data import PatchSampler, TrainingCase
 from mucald_unet.training.losses import segmentation_loss, weighted_sum
 from mucald_unet.training.proxy_targets import ProxyTargets
 from mucald_unet.training.validation import dice_per_class, predict_case_logits
 from planners.plans import ClientPlan, FederationPlan
-
-SPLITS = ("crdm1", "crdm2")
 
 
 @dataclass(frozen=True)
@@ -58,11 +53,7 @@ class SplitClient:
         self.transport = transport
         self.seg_weight = seg_weight
         self.device = torch.device(config.device)
-        self.front_end = build_front_end(federation, plan).to(self.device)
-        self.back_end = build_back_end(federation, plan).to(self.device)
-        self.splits = nn.ModuleDict()
-        if config.uses_crdm:
-            self._build_crdm(federation)
+        self.network = ClientNetwork(federation, plan, config).to(self.device)
         self.optimizer = self._build_optimizer()
         self.sampler = PatchSampler(data.train, plan.patch_size, plan.batch_size, plan.foreground_oversampling,
                                     plan.slice_axis, np.random.default_rng([config.seed, _stable_hash(name)]))
@@ -72,21 +63,17 @@ class SplitClient:
         self.proxy_scale = 1.0 if has_edges else config.crdm.weak_proxy_scale
         self._round_terms: list[tuple] = []  # per step: (term names, their values as one tensor)
 
-    def _build_crdm(self, federation: FederationPlan) -> None:
-        ablations = self.config.ablations
-        options = SplitOptions(causal_graph=Ablation.NO_CAUSAL not in ablations,
-                               diffusion=Ablation.NO_DIFFUSION not in ablations,
-                               forward_noise=Ablation.NO_FORWARD_NOISE not in ablations,
-                               denoiser_width=self.config.crdm.denoiser_width_factor * federation.split_channels,
-                               scm_hidden=self.config.crdm.scm_hidden,
-                               denoiser_downsample=latent_downsample(federation, self.config.crdm.denoiser_downsample))
-        schedule = NoiseSchedule(federation.diffusion, self.config.crdm.max_noise_gain,
-                                 self.config.crdm.eval_timestep)
-        graph = NodeGraph.from_plan(self.plan.causal_graph, federation.causal.num_nodes)
-        for split in SPLITS:
-            self.splits[split] = CausalDiffusionSplit(federation.server_segment.spatial_dims,
-                                                      federation.split_channels, graph,
-                                                      federation.causal.node_dim, schedule, options).to(self.device)
+    @property
+    def front_end(self) -> nn.Module:
+        return self.network.front_end
+
+    @property
+    def back_end(self) -> nn.Module:
+        return self.network.back_end
+
+    @property
+    def splits(self) -> nn.ModuleDict:
+        return self.network.splits
 
     def _build_optimizer(self) -> torch.optim.Optimizer:
         """AdamW; networks and denoisers at lr, exogenous encoders, SCMs and priors at aux_lr."""
@@ -102,7 +89,7 @@ class SplitClient:
         return torch.optim.AdamW(groups, weight_decay=opt.weight_decay, fused=True)
 
     def trainable_modules(self) -> dict[str, nn.Module]:
-        return {"front_end": self.front_end, "back_end": self.back_end, **dict(self.splits.items())}
+        return self.network.parts()
 
     def join(self) -> None:
         """Tell the server how many training cases this client has (for size-weighted terms)."""
@@ -121,11 +108,11 @@ class SplitClient:
         proxies, mask = self.data.proxies.batch(batch.case_ids, self.device)
         factor = self.config.schedule.factor(self.config.progress(round_index, step))
 
-        head = self._through_split("crdm1", self.front_end(images), proxies, mask)
+        head = self.network.through_split("crdm1", self.front_end(images), proxies, mask)
         reply = self.transport.request(Message(self.name, Kind.FEATURES, "split1", round_index, step,
                                                {"features": head.features}))
         received = reply.tensors["features"].requires_grad_(True)
-        tail = self._through_split("crdm2", received, proxies, mask)
+        tail = self.network.through_split("crdm2", received, proxies, mask)
         seg = self.seg_loss(self.back_end(tail.features), labels)
 
         head_terms = {f"{k}1": v for k, v in head.losses.items()}
@@ -146,11 +133,6 @@ class SplitClient:
         self.optimizer.zero_grad(set_to_none=True)
         self._round_terms.append(({**head_terms, **tail_terms}.keys(), values))
         return float(values[len(head_terms)])  # seg; already on the host side of the one sync
-
-    def _through_split(self, split: str, features: Tensor, proxies: Tensor, mask: Tensor) -> SplitResult:
-        if split not in self.splits:
-            return SplitResult(features)
-        return self.splits[split](features, proxies, mask)
 
     def _term_weights(self, factor: float) -> dict[str, float]:
         w = self.config.losses
@@ -181,15 +163,11 @@ class SplitClient:
     def predict_window(self, images: Tensor, round_index: int = 0,
                        noise_generator: torch.Generator | None = None) -> Tensor:
         """Class logits of one batch of windows, through the server like training (eval mode)."""
-        features = self.front_end(images)
-        if "crdm1" in self.splits:
-            features = self.splits["crdm1"](features, noise_generator=noise_generator).features
-        reply = self.transport.request(Message(self.name, Kind.FEATURES, "split1", round_index,
-                                               VALIDATION_STEP, {"features": features}))
-        features = reply.tensors["features"]
-        if "crdm2" in self.splits:
-            features = self.splits["crdm2"](features, noise_generator=noise_generator).features
-        return self.back_end(features)
+        def middle(features: Tensor) -> Tensor:
+            reply = self.transport.request(Message(self.name, Kind.FEATURES, "split1", round_index,
+                                                   VALIDATION_STEP, {"features": features}))
+            return reply.tensors["features"]
+        return self.network.segment(images, middle, noise_generator)
 
     def validate(self, round_index: int) -> ClientValidation:
         for module in self.trainable_modules().values():
@@ -237,19 +215,9 @@ class SplitClient:
                 "optimizer": self.optimizer.state_dict(), "sampler": self.sampler.state()}
 
     def load_state_dict(self, state: dict) -> None:
-        for key, module in self.trainable_modules().items():
-            module.load_state_dict(state["modules"][key])
+        self.network.load_parts(state["modules"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.sampler.set_state(state["sampler"])
-
-
-def latent_downsample(federation: FederationPlan, limit: int) -> tuple[int, ...]:
-    """Per axis, the pooling of the server's first stages up to ``limit``: axes the plan never
-    pools (thin 3D slabs) stay at full resolution, so every patch size divides evenly."""
-    factors = [1] * federation.server_segment.spatial_dims
-    for stride in federation.server_segment.strides[1:]:
-        factors = [f * s if f * s <= limit else f for f, s in zip(factors, stride)]
-    return tuple(factors)
 
 
 def _stable_hash(text: str) -> int:

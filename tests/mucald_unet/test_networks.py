@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from mucald_unet.federation.client import latent_downsample
+from mucald_unet.federation.client_network import latent_downsample
 from mucald_unet.networks.segments import build_back_end, build_front_end, build_server_segment
 from planners.plans import CausalNodesPlan, DiffusionPlan, FederationPlan, NetworkTopologyPlan
 

@@ -1,0 +1,84 @@
+"""The client's part of the split network: FE, CRDM at both split points, BE.
+
+Training (``SplitClient``) and prediction (``inference``) build it here, from the plan and the
+run's settings, so a checkpoint's client modules always load into the same structure. The
+middle (the server segment) is a callable: the transport during training and validation, the
+checkpoint's own copy of SS when a hospital predicts offline.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+from mucald_unet.config import Ablation, TrainingConfig
+from mucald_unet.crdm.causal_latent import NodeGraph
+from mucald_unet.crdm.noise_schedule import NoiseSchedule
+from mucald_unet.crdm.split_point import CausalDiffusionSplit, SplitOptions, SplitResult
+from mucald_unet.networks.segments import build_back_end, build_front_end
+from planners.plans import ClientPlan, FederationPlan
+
+SPLITS = ("crdm1", "crdm2")
+
+Middle = Callable[[Tensor], Tensor]  # split-1 features -> split-2 features (the server's segment)
+
+
+class ClientNetwork(nn.Module):
+    def __init__(self, federation: FederationPlan, plan: ClientPlan, config: TrainingConfig) -> None:
+        super().__init__()
+        self.front_end = build_front_end(federation, plan)
+        self.back_end = build_back_end(federation, plan)
+        self.splits = nn.ModuleDict()
+        if config.uses_crdm:
+            options = split_options(federation, config)
+            schedule = NoiseSchedule(federation.diffusion, config.crdm.max_noise_gain, config.crdm.eval_timestep)
+            graph = NodeGraph.from_plan(plan.causal_graph, federation.causal.num_nodes)
+            for split in SPLITS:
+                self.splits[split] = CausalDiffusionSplit(federation.server_segment.spatial_dims,
+                                                          federation.split_channels, graph,
+                                                          federation.causal.node_dim, schedule, options)
+
+    def parts(self) -> dict[str, nn.Module]:
+        """The named parts a checkpoint stores one state dict for each."""
+        return {"front_end": self.front_end, "back_end": self.back_end, **dict(self.splits.items())}
+
+    def load_parts(self, states: dict[str, dict]) -> None:
+        missing = sorted(set(self.parts()) - set(states))
+        if missing:
+            raise KeyError(f"no state for {', '.join(missing)}")
+        for name, module in self.parts().items():
+            module.load_state_dict(states[name])
+
+    def through_split(self, split: str, features: Tensor, proxies: Tensor | None = None,
+                      mask: Tensor | None = None, noise_generator: torch.Generator | None = None) -> SplitResult:
+        """CRDM at one split point; without CRDM the features pass unchanged."""
+        if split not in self.splits:
+            return SplitResult(features)
+        return self.splits[split](features, proxies, mask, noise_generator)
+
+    def segment(self, images: Tensor, middle: Middle, noise_generator: torch.Generator | None = None) -> Tensor:
+        """Class logits of a batch: FE -> CRDM1 -> middle -> CRDM2 -> BE (no losses)."""
+        features = self.through_split("crdm1", self.front_end(images), noise_generator=noise_generator).features
+        features = self.through_split("crdm2", middle(features), noise_generator=noise_generator).features
+        return self.back_end(features)
+
+
+def split_options(federation: FederationPlan, config: TrainingConfig) -> SplitOptions:
+    ablations = config.ablations
+    return SplitOptions(causal_graph=Ablation.NO_CAUSAL not in ablations,
+                        diffusion=Ablation.NO_DIFFUSION not in ablations,
+                        forward_noise=Ablation.NO_FORWARD_NOISE not in ablations,
+                        denoiser_width=config.crdm.denoiser_width_factor * federation.split_channels,
+                        scm_hidden=config.crdm.scm_hidden,
+                        denoiser_downsample=latent_downsample(federation, config.crdm.denoiser_downsample))
+
+
+def latent_downsample(federation: FederationPlan, limit: int) -> tuple[int, ...]:
+    """Per axis, the pooling of the server's first stages up to ``limit``: axes the plan never
+    pools (thin 3D slabs) stay at full resolution, so every patch size divides evenly."""
+    factors = [1] * federation.server_segment.spatial_dims
+    for stride in federation.server_segment.strides[1:]:
+        factors = [f * s if f * s <= limit else f for f, s in zip(factors, stride)]
+    return tuple(factors)
