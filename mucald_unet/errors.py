@@ -17,3 +17,6 @@ class DivergenceError(TrainingError):
         super().__init__(f"round {round_index}: loss term '{term}' of {client} is not finite. The round "
                          "was stopped and the last good checkpoint kept. Fix: lower --lr, or switch the "
                          "term off with --ablate, then --resume.")
+
+    def __reduce__(self) -> tuple:  # picklable, like every error a worker process may raise
+        return type(self), (self.client, self.term, self.round_index)

@@ -20,7 +20,6 @@ from planners.node_selection import select_nodes
 from planners.planner import ClientFacts, PlannerConfig, make_plans
 from planners.plans import PLANS_FILE, CausalGraphPlan, ClientPlan, Plans, save_plans
 from planners.proxies import ProxyTable, case_proxies
-from preprocessing.case_preprocessing import CasePreprocessingConfig
 from preprocessing.dataset import RawDataset
 from preprocessing.errors import DatasetError
 from preprocessing.integrity import verify_dataset
@@ -134,8 +133,7 @@ def _map(function, jobs: list, num_processes: int):
 def _preprocess_client(dataset: RawDataset, plans: Plans, plans_path: Path, config: PipelineConfig,
                        reporter: Reporter) -> None:
     client = plans.client(dataset.name)
-    case_config = CasePreprocessingConfig.from_plan_fields(client.target_spacing, client.normalization,
-                                                           client.use_nonzero_mask, client.resampling)
+    case_config = client.case_preprocessing()
     reporter.stage(f"preprocess {dataset.name}", len(dataset.case_ids("Tr")))
     preprocess_dataset(dataset, case_config, client_cases_folder(plans_path, client), "Tr",
                        config.num_processes, config.overwrite, on_case=lambda _c, _s: reporter.advance())

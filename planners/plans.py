@@ -16,6 +16,7 @@ from pydantic.dataclasses import dataclass
 
 from planners.errors import PlanError
 from preprocessing.atomic import write_json_atomic
+from preprocessing.case_preprocessing import CasePreprocessingConfig
 
 SCHEMA_VERSION = 1
 PLANS_FILE = "plans.json"
@@ -96,6 +97,11 @@ class ClientPlan:
     foreground_oversampling: Annotated[float, Field(ge=0.0, le=1.0)]
     causal_graph: CausalGraphPlan
     folder: str  # the client's own preprocessed folder, relative to the plans file
+
+    def case_preprocessing(self) -> CasePreprocessingConfig:
+        """What ``preprocess_case`` needs from this plan; training data and prediction inputs share it."""
+        return CasePreprocessingConfig.from_plan_fields(self.target_spacing, self.normalization,
+                                                        self.use_nonzero_mask, self.resampling)
 
 
 @dataclass(frozen=True, config=_STRICT)

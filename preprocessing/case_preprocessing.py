@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -125,3 +125,25 @@ def restore_images(images: np.ndarray, properties: CaseProperties,
     back = resample_images_to_shape(images, properties.shape_after_crop, properties.target_spacing,
                                     resampling, properties.geometry.array_spacing)
     return uncrop(back, properties.bbox, properties.geometry.shape, fill=fill)
+
+
+def restore_probabilities(probabilities: np.ndarray, properties: CaseProperties,
+                          resampling: ResamplingConfig = ResamplingConfig()) -> np.ndarray:
+    """Class probabilities (K, *spatial) at the target spacing back on the original grid.
+
+    Linear interpolation (nnU-Net's order 1; cubic would overshoot 0..1), renormalised to sum
+    to 1; outside the crop box everything is background (channel 0).
+    """
+    if tuple(probabilities.shape[1:]) == tuple(properties.shape_after_crop):
+        back = probabilities.astype(np.float32, copy=False)
+    else:
+        linear = replace(resampling, image_order=min(resampling.image_order, 1), out_of_plane_order=0)
+        back = resample_images_to_shape(probabilities, properties.shape_after_crop, properties.target_spacing,
+                                        linear, properties.geometry.array_spacing)
+        np.clip(back, 0.0, None, out=back)
+        back /= np.maximum(back.sum(axis=0, keepdims=True), 1e-8)
+    full = uncrop(back, properties.bbox, properties.geometry.shape, fill=0.0)
+    outside = np.ones(properties.geometry.shape, dtype=bool)
+    outside[properties.bbox.slices] = False
+    full[0][outside] = 1.0
+    return full

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import typer
 from rich.console import Console
@@ -38,11 +38,17 @@ def expand_multi_value_flags(argv: Sequence[str], flags: Sequence[str]) -> list[
     return out
 
 
-def run_app(app: typer.Typer, argv: Sequence[str] | None = None,
-            multi_value_flags: Sequence[str] = ()) -> int:
+def rewrite_aliases(argv: Sequence[str], aliases: Mapping[str, str]) -> list[str]:
+    """Turn nnU-Net's multi-letter single-dash flags (``-ref``, ``-np``) into their long forms;
+    click only knows one-letter short options."""
+    return [aliases.get(token, token) for token in argv]
+
+
+def run_app(app: typer.Typer, argv: Sequence[str] | None = None, multi_value_flags: Sequence[str] = (),
+            aliases: Mapping[str, str] | None = None) -> int:
     """Run a typer app and return its exit code; MucaldError becomes a message and code 1."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing may download weights at run time
-    args = list(sys.argv[1:] if argv is None else argv)
+    args = rewrite_aliases(list(sys.argv[1:] if argv is None else argv), aliases or {})
     args = expand_multi_value_flags(args, multi_value_flags)
     try:
         app(args=args, standalone_mode=True)  # click prints usage errors and exits by itself
@@ -55,12 +61,12 @@ def run_app(app: typer.Typer, argv: Sequence[str] | None = None,
     return 0
 
 
-def entry_points(app: typer.Typer, multi_value_flags: Sequence[str] = ()
+def entry_points(app: typer.Typer, multi_value_flags: Sequence[str] = (), aliases: Mapping[str, str] | None = None
                  ) -> tuple[Callable[[Sequence[str] | None], int], Callable[[], None]]:
     """``main(argv) -> exit code`` for tests and notebooks, ``entry()`` for the console script."""
 
     def main(argv: Sequence[str] | None = None) -> int:
-        return run_app(app, argv, multi_value_flags)
+        return run_app(app, argv, multi_value_flags, aliases)
 
     def entry() -> None:
         raise SystemExit(main())

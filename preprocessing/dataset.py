@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,8 +100,7 @@ class RawDataset:
         folder = self.images_dir(split)
         if not folder.is_dir():
             return []
-        cases = {m.group("case") for f in folder.iterdir()
-                 if f.name.endswith(ending) and (m := _CHANNEL_STEM.match(f.name[: -len(ending)]))}
+        cases = {parsed[0] for f in folder.iterdir() if (parsed := parse_channel_file(f.name, ending))}
         return sorted(cases)
 
     def channel_file(self, case: str, channel: int, split: str = "Tr") -> Path:
@@ -111,27 +111,7 @@ class RawDataset:
 
     def read_images(self, case: str, split: str = "Tr") -> CaseImages:
         """Read every channel file of ``case`` in order until the declared channel count is met."""
-        arrays: list[np.ndarray] = []
-        files: list[Path] = []
-        geometry: Geometry | None = None
-        while sum(a.shape[0] for a in arrays) < self.spec.num_channels:
-            path = self.channel_file(case, len(files), split)
-            if not path.is_file():
-                raise ImageIOError(path, "channel file is missing",
-                                   f"add it: dataset.json declares {self.spec.num_channels} channels")
-            array, geo = read_image(path)
-            if geometry is not None and (diff := geo.mismatches(geometry)):
-                raise ImageIOError(path, f"geometry differs from {files[0].name}: {'; '.join(diff)}",
-                                   "resample all channels of a case onto one grid")
-            arrays.append(array)
-            files.append(path)
-            geometry = geometry or geo
-        total = sum(a.shape[0] for a in arrays)
-        if total != self.spec.num_channels:
-            raise ImageIOError(files[-1], f"gives {total} channels but dataset.json declares "
-                               f"{self.spec.num_channels}", _channel_fix(arrays[-1].shape[0]))
-        channel_files = tuple(f for f, a in zip(files, arrays) for _ in range(a.shape[0]))
-        return CaseImages(np.concatenate(arrays, axis=0), geometry, tuple(files), channel_files)
+        return read_case_channels(lambda channel: self.channel_file(case, channel, split), self.spec.num_channels)
 
     def read_label(self, case: str, split: str = "Tr") -> tuple[np.ndarray, Geometry]:
         """The label map (spatial array, no channel axis) and its geometry."""
@@ -143,6 +123,40 @@ class RawDataset:
             raise ImageIOError(path, f"label has {array.shape[0]} channels",
                                "store labels as a single-channel map of integer class values")
         return array[0], geometry
+
+
+def parse_channel_file(name: str, ending: str) -> tuple[str, int] | None:
+    """``CASE_0003<ending>`` -> ("CASE", 3); None for a name that is not a channel file."""
+    if not name.endswith(ending):
+        return None
+    match = _CHANNEL_STEM.match(name[: -len(ending)])
+    return (match.group("case"), int(match.group("channel"))) if match else None
+
+
+def read_case_channels(channel_path: Callable[[int], Path], num_channels: int) -> CaseImages:
+    """Read channel files 0, 1, ... (``channel_path(i)``) until ``num_channels`` channels are in;
+    an RGB file supplies three. Every file must share the first one's grid."""
+    arrays: list[np.ndarray] = []
+    files: list[Path] = []
+    geometry: Geometry | None = None
+    while sum(a.shape[0] for a in arrays) < num_channels:
+        path = channel_path(len(files))
+        if not path.is_file():
+            raise ImageIOError(path, "channel file is missing",
+                               f"add it: the task declares {num_channels} channels")
+        array, geo = read_image(path)
+        if geometry is not None and (diff := geo.mismatches(geometry)):
+            raise ImageIOError(path, f"geometry differs from {files[0].name}: {'; '.join(diff)}",
+                               "resample all channels of a case onto one grid")
+        arrays.append(array)
+        files.append(path)
+        geometry = geometry or geo
+    total = sum(a.shape[0] for a in arrays)
+    if total != num_channels:
+        raise ImageIOError(files[-1], f"gives {total} channels but the task declares {num_channels}",
+                           _channel_fix(arrays[-1].shape[0]))
+    channel_files = tuple(f for f, a in zip(files, arrays) for _ in range(a.shape[0]))
+    return CaseImages(np.concatenate(arrays, axis=0), geometry, tuple(files), channel_files)
 
 
 def _channel_fix(file_channels: int) -> str:

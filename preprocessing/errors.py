@@ -24,3 +24,6 @@ class ImageIOError(DatasetError):
         self.problem = problem
         self.fix = fix
         super().__init__(f"{self.path}: {problem}. Fix: {fix}")
+
+    def __reduce__(self) -> tuple:  # rebuilt from its parts when it crosses a process boundary
+        return type(self), (self.path, self.problem, self.fix)

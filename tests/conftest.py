@@ -8,8 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from planners.budget import Preset
+from planners.pipeline import PipelineConfig, plan_and_preprocess
+from planners.planner import PlannerConfig
 from preprocessing.dataset import dataset_folder_name
 from preprocessing.dataset_json import DatasetSpec
+from preprocessing.demo import make_demo_federation
 from preprocessing.geometry import Geometry
 from preprocessing.io import write_image
 
@@ -70,3 +74,17 @@ def make_png_dataset(tmp_path: Path) -> Callable[..., Path]:
         return folder
 
     return build
+
+
+CLIENTS = ["Dataset001_DemoPolyp", "Dataset002_DemoLungCT", "Dataset003_DemoFetalUS"]
+
+
+@pytest.fixture(scope="session")
+def tiny_federation(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """plans.json of the tiny demo (2D federation: PNG RGB, 3D CT cut into slices, 2D US)."""
+    root = tmp_path_factory.mktemp("federation")
+    make_demo_federation(root / "raw", seed=0, size="tiny")
+    config = PipelineConfig(raw_root=root / "raw", preprocessed_root=root / "preprocessed",
+                            datasets=("1", "2", "3"),
+                            planner=PlannerConfig(preset=Preset("cpu"), dimensionality="2d"))
+    return plan_and_preprocess(config)

@@ -7,26 +7,19 @@ from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
-import torch
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from mucald_unet.config import CrdmConfig, Method, OptimizerConfig, TrainingConfig, parse_ablations
-from mucald_unet.errors import TrainingError
 from mucald_unet.training.trainer import FederatedTrainer, run_folder_for
 from planners.locate import client_names, find_plans
+from mucald_unet.devices import Device, resolve_device
 from preprocessing.cli_support import DATASET_FLAGS, entry_points
 from preprocessing.paths import preprocessed_root, results_root
 
 app = typer.Typer(add_completion=False, help="Train a planned federation split-federated.")
-
-
-class Device(str, Enum):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
 
 
 class Aggregation(str, Enum):
@@ -86,7 +79,7 @@ def train(
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the run's last checkpoint.")] = False,
 ) -> None:
     """Train; checkpoints, log, curves and the message manifest land in the run's results folder."""
-    chosen_device = _device(device)
+    chosen_device = resolve_device(device)
     config = TrainingConfig(method=method, ablations=parse_ablations(ablate), rounds=rounds,
                             local_epochs=local_epochs, iterations_per_epoch=iters, fold=fold, seed=seed,
                             device=chosen_device, aggregation=aggregation.value, fedprox_mu=fedprox_mu,
@@ -110,15 +103,6 @@ def train(
         table.add_row(name, f"{dice:.3f}")
     console.print(table)
     console.print(f"best mean Dice {summary.best_score:.3f}; run folder: {summary.run_folder}")
-
-
-def _device(choice: Device) -> str:
-    if choice is Device.cuda and not torch.cuda.is_available():
-        raise TrainingError("--device cuda was asked for, but torch sees no CUDA device. Fix: use --device cpu "
-                            "or install a CUDA build of torch.")
-    if choice is Device.auto:
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return choice.value
 
 
 main, entry = entry_points(app, DATASET_FLAGS)

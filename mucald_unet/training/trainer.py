@@ -68,8 +68,12 @@ class TrainingSummary:
 
 
 def run_folder_for(results_root: Path, plans_path: Path, config: TrainingConfig) -> Path:
+    return run_folder(results_root, plans_path, config.run_name, config.fold)
+
+
+def run_folder(results_root: Path, plans_path: Path, run_name: str, fold: int) -> Path:
     """``<results>/<Federation_...>/<method[__ablations]>/fold_<F>``."""
-    return Path(results_root) / Path(plans_path).parent.name / config.run_name / f"fold_{config.fold}"
+    return Path(results_root) / Path(plans_path).parent.name / run_name / f"fold_{fold}"
 
 
 class FederatedTrainer:

@@ -15,7 +15,8 @@ from mucald_unet.federation.messages import Kind
 from mucald_unet.training.checkpoint import BEST, FINAL, load_checkpoint
 from mucald_unet.training.trainer import CURVES_FILE, LOG_FILE, MANIFEST_FILE, FederatedTrainer
 from planners.plans import load_plans
-from tests.mucald_unet.conftest import CLIENTS, quick_config
+from tests.conftest import CLIENTS
+from tests.mucald_unet.conftest import quick_config
 
 
 def trainer(plans: Path, folder: Path, **config) -> FederatedTrainer:

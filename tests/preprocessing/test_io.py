@@ -174,3 +174,12 @@ def test_geometry_serialises_and_reports_differences() -> None:
     assert [m.split()[0] for m in GEOMETRY_3D.mismatches(shifted)] == ["origin"]
     with pytest.raises(ValueError):
         Geometry((2, 2), (1.0,), (0.0, 0.0), (1.0, 0.0, 0.0, 1.0))
+
+
+def test_image_errors_survive_a_process_boundary() -> None:
+    """Worker processes report bad files to the parent by pickling the error."""
+    import pickle
+
+    err = ImageIOError("/data/a_0000.nii.gz", "cannot be read", "re-export it")
+    back = pickle.loads(pickle.dumps(err))
+    assert isinstance(back, ImageIOError) and str(back) == str(err) and back.path == err.path
