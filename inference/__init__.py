@@ -1,3 +1,3 @@
-"""inference: what happens after training. Owns evaluation of predicted label maps against
-references (metrics, summaries, ``mucald_evaluate``); prediction and geometry-exact export are still to come.
+"""inference: what happens after training. Owns prediction of new scans (``Predictor``, geometry-exact
+export, ``mucald_predict``), evaluation (``mucald_evaluate``) and the end-to-end ``mucald_demo``.
 """

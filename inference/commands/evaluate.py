@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -19,13 +17,7 @@ from preprocessing.paths import raw_root
 
 app = typer.Typer(add_completion=False, help="Evaluate predicted segmentations against reference labels.")
 
-# nnU-Net spells these with one dash; click only knows single-letter short options.
-FLAG_ALIASES = {"-ref": "--ref", "-pred": "--pred"}
-
-
-def rewrite_aliases(argv: Sequence[str]) -> list[str]:
-    """Turn ``-ref DIR`` / ``-pred DIR`` into ``--ref DIR`` / ``--pred DIR`` before click parses."""
-    return [FLAG_ALIASES.get(token, token) for token in argv]
+FLAG_ALIASES = {"-ref": "--ref", "-pred": "--pred"}  # nnU-Net's spelling
 
 
 @app.command()
@@ -98,16 +90,7 @@ def _fmt(stats: dict) -> str:
     return f"{text} (+{stats['n_infinite']} inf)" if stats["n_infinite"] else text
 
 
-_main, _ = entry_points(app)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Exit code of ``mucald_evaluate argv``; accepts nnU-Net's ``-ref``/``-pred`` spellings."""
-    return _main(rewrite_aliases(sys.argv[1:] if argv is None else argv))
-
-
-def entry() -> None:
-    raise SystemExit(main())
+main, entry = entry_points(app, aliases=FLAG_ALIASES)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from inference.commands.evaluate import main, parse_labels, rewrite_aliases
+from inference.commands.evaluate import FLAG_ALIASES, main, parse_labels
+from preprocessing.cli_support import rewrite_aliases
 from inference.evaluation import CaseMetrics, evaluate_case, evaluate_folders, summarize, write_results
 from preprocessing.geometry import Geometry
 from preprocessing.io import write_image
@@ -254,4 +255,4 @@ def test_command_without_labels_names_the_fix(folders: tuple[Path, Path],
 
 def test_label_parsing_and_alias_rewrite() -> None:
     assert parse_labels("background:0, lesion:1,edema:2") == {"background": 0, "lesion": 1, "edema": 2}
-    assert rewrite_aliases(["-ref", "a", "-pred", "b", "-o", "c"]) == ["--ref", "a", "--pred", "b", "-o", "c"]
+    assert rewrite_aliases(["-ref", "a", "-pred", "b", "-o", "c"], FLAG_ALIASES) == ["--ref", "a", "--pred", "b", "-o", "c"]
