@@ -32,6 +32,52 @@ class Ablation(str, Enum):
     NO_FORWARD_NOISE = "no-forward-noise"  # the denoiser runs, but on clean features (eps = 0)
 
 
+class DefenceKind(str, Enum):
+    NONE = "none"
+    GAUSSIAN = "gaussian"  # N(0, strength^2) added to what crosses split 1 (training and prediction)
+    NOPEEK = "nopeek"  # + strength x distance correlation(image tiles, split-1 feature tiles) in the loss
+
+
+@dataclass(frozen=True)
+class DefenceConfig:
+    """A baseline defence at split 1, on any method's code path (``--defence gaussian:0.5``)."""
+
+    kind: DefenceKind = DefenceKind.NONE
+    strength: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.strength < 0 or (self.kind is not DefenceKind.NONE and self.strength == 0):
+            raise TrainingError(f"defence strength must be > 0 (got {self.strength}). Fix: e.g. --defence gaussian:0.5.")
+
+    @property
+    def active(self) -> bool:
+        return self.kind is not DefenceKind.NONE
+
+    @property
+    def label(self) -> str:
+        return f"{self.kind.value}-{self.strength:g}" if self.active else ""
+
+    @property
+    def gaussian_sigma(self) -> float:
+        return self.strength if self.kind is DefenceKind.GAUSSIAN else 0.0
+
+    @property
+    def nopeek_weight(self) -> float:
+        return self.strength if self.kind is DefenceKind.NOPEEK else 0.0
+
+    @classmethod
+    def parse(cls, text: str | None) -> "DefenceConfig":
+        """``"gaussian:0.5"`` / ``"nopeek:0.1"`` / None."""
+        if not text or text == DefenceKind.NONE.value:
+            return cls()
+        kind, _, value = text.partition(":")
+        try:
+            return cls(DefenceKind(kind.strip()), float(value))
+        except ValueError:
+            raise TrainingError(f"--defence {text!r} is not KIND:STRENGTH. Fix: use gaussian:SIGMA or "
+                                "nopeek:WEIGHT, e.g. --defence gaussian:0.5.") from None
+
+
 @dataclass(frozen=True)
 class LossWeights:
     """Targets of the auxiliary weights, reached after the warm-up and ramp (MUCALD.md)."""
@@ -111,6 +157,7 @@ class TrainingConfig:
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     crdm: CrdmConfig = field(default_factory=CrdmConfig)
     augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
+    defence: DefenceConfig = field(default_factory=DefenceConfig)
 
     def __post_init__(self) -> None:
         for name in ("rounds", "local_epochs", "iterations_per_epoch"):
@@ -136,8 +183,9 @@ class TrainingConfig:
 
     @property
     def run_name(self) -> str:
-        """Folder name of the run: the method, then its ablations in a fixed order."""
-        return "__".join([self.method.value] + sorted(a.value for a in self.ablations))
+        """Folder name of the run: the method, its ablations in a fixed order, then the defence."""
+        parts = [self.method.value] + sorted(a.value for a in self.ablations)
+        return "__".join(parts + ([self.defence.label] if self.defence.active else []))
 
     @property
     def iterations_per_round(self) -> int:
@@ -152,6 +200,7 @@ class TrainingConfig:
         data["method"] = self.method.value
         data["ablations"] = sorted(a.value for a in self.ablations)
         data["augmentation"] = self.augmentation.to_dict()
+        data["defence"] = {"kind": self.defence.kind.value, "strength": self.defence.strength}
         return data
 
     @classmethod
@@ -164,6 +213,8 @@ class TrainingConfig:
                 data[key] = kind(**data[key])
         if "augmentation" in data:
             data["augmentation"] = AugmentationConfig.from_dict(data["augmentation"])
+        if "defence" in data:
+            data["defence"] = DefenceConfig(DefenceKind(data["defence"]["kind"]), float(data["defence"]["strength"]))
         data["method"] = Method(data.get("method", Method.MUCALD.value))
         data["ablations"] = frozenset(Ablation(a) for a in data.get("ablations", ()))
         known = {f.name for f in fields(cls)}

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from mucald_unet.config import CrdmConfig, Method, OptimizerConfig, TrainingConfig, parse_ablations
+from mucald_unet.config import CrdmConfig, DefenceConfig, Method, OptimizerConfig, TrainingConfig, parse_ablations
 from mucald_unet.training.trainer import FederatedTrainer, run_folder_for
 from planners.locate import client_names, find_plans
 from mucald_unet.devices import Device, resolve_device
@@ -75,6 +75,9 @@ def train(
     eval_timestep: Annotated[Optional[int], typer.Option(
         "--eval-timestep", min=1, help="Noise level of what crosses at evaluation (default: the plan's, T/2); "
         "training draws timesteps up to it. Lower keeps more Dice and less privacy.")] = None,
+    defence: Annotated[Optional[str], typer.Option(
+        "--defence", help="A baseline defence at split 1: gaussian:SIGMA (noise on what crosses) or nopeek:WEIGHT "
+        "(distance-correlation penalty); the run folder gets a __gaussian-0.5 style suffix.")] = None,
     device: Annotated[Device, typer.Option("--device", help="auto uses CUDA when available.")] = Device.auto,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the run's last checkpoint.")] = False,
 ) -> None:
@@ -85,7 +88,7 @@ def train(
                             device=chosen_device, aggregation=aggregation.value, fedprox_mu=fedprox_mu,
                             local_norms=local_norms,
                             optimizer=OptimizerConfig(lr=lr, aux_lr=lr / 2),
-                            crdm=CrdmConfig(eval_timestep=eval_timestep))
+                            crdm=CrdmConfig(eval_timestep=eval_timestep), defence=DefenceConfig.parse(defence))
     plans_path = find_plans(preprocessed_root(preprocessed), datasets)
     names = client_names(plans_path, datasets)
     run_folder = run_folder_for(results_root(results), plans_path, config)

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from mucald_unet.config import TrainingConfig
 from mucald_unet.errors import DivergenceError
+from mucald_unet.defences.nopeek import nopeek_loss
 from mucald_unet.federation.client_network import ClientNetwork
 from mucald_unet.federation.messages import VALIDATION_STEP, Kind, Message
 from mucald_unet.federation.transport import Transport
@@ -108,7 +109,7 @@ class SplitClient:
         proxies, mask = self.data.proxies.batch(batch.case_ids, self.device)
         factor = self.config.schedule.factor(self.config.progress(round_index, step))
 
-        head = self.network.through_split("crdm1", self.front_end(images), proxies, mask)
+        head = self.network.head(images, proxies, mask)
         reply = self.transport.request(Message(self.name, Kind.FEATURES, "split1", round_index, step,
                                                {"features": head.features}))
         received = reply.tensors["features"].requires_grad_(True)
@@ -116,6 +117,8 @@ class SplitClient:
         seg = self.seg_loss(self.back_end(tail.features), labels)
 
         head_terms = {f"{k}1": v for k, v in head.losses.items()}
+        if self.config.defence.nopeek_weight > 0:
+            head_terms["nopeek"] = nopeek_loss(images, head.features)
         tail_terms = {"seg": seg, **{f"{k}2": v for k, v in tail.losses.items()}}
         weights = self._term_weights(factor)
         values = self._checked_values({**head_terms, **tail_terms}, round_index)
@@ -136,7 +139,7 @@ class SplitClient:
 
     def _term_weights(self, factor: float) -> dict[str, float]:
         w = self.config.losses
-        weights = {"seg": self.seg_weight}
+        weights = {"seg": self.seg_weight, "nopeek": self.config.defence.nopeek_weight}
         for s in ("1", "2"):
             weights.update({f"proxy{s}": factor * w.proxy * self.proxy_scale, f"diffusion{s}": factor * w.diffusion,
                             f"kl_u{s}": factor * w.kl_u, f"kl_z{s}": factor * w.kl_z})

@@ -1,4 +1,4 @@
-"""The client's part of the split network: FE, CRDM at both split points, BE.
+"""The client's part of the split network: FE, CRDM at both split points, the split-1 defence, BE.
 
 Training (``SplitClient``) and prediction (``inference``) build it here, from the plan and the
 run's settings, so a checkpoint's client modules always load into the same structure. The
@@ -17,6 +17,7 @@ from mucald_unet.config import Ablation, TrainingConfig
 from mucald_unet.crdm.causal_latent import NodeGraph
 from mucald_unet.crdm.noise_schedule import NoiseSchedule
 from mucald_unet.crdm.split_point import CausalDiffusionSplit, SplitOptions, SplitResult
+from mucald_unet.defences.gaussian import BoundaryNoise
 from mucald_unet.networks.segments import build_back_end, build_front_end
 from planners.plans import ClientPlan, FederationPlan
 
@@ -30,6 +31,7 @@ class ClientNetwork(nn.Module):
         super().__init__()
         self.front_end = build_front_end(federation, plan)
         self.back_end = build_back_end(federation, plan)
+        self.boundary_noise = BoundaryNoise(config.defence.gaussian_sigma)
         self.splits = nn.ModuleDict()
         if config.uses_crdm:
             options = split_options(federation, config)
@@ -58,9 +60,16 @@ class ClientNetwork(nn.Module):
             return SplitResult(features)
         return self.splits[split](features, proxies, mask, noise_generator)
 
+    def head(self, images: Tensor, proxies: Tensor | None = None, mask: Tensor | None = None,
+             noise_generator: torch.Generator | None = None) -> SplitResult:
+        """What crosses split 1: FE -> CRDM1 -> the Gaussian defence (if any), with CRDM1's losses."""
+        result = self.through_split("crdm1", self.front_end(images), proxies, mask, noise_generator)
+        result.features = self.boundary_noise(result.features, noise_generator)
+        return result
+
     def segment(self, images: Tensor, middle: Middle, noise_generator: torch.Generator | None = None) -> Tensor:
-        """Class logits of a batch: FE -> CRDM1 -> middle -> CRDM2 -> BE (no losses)."""
-        features = self.through_split("crdm1", self.front_end(images), noise_generator=noise_generator).features
+        """Class logits of a batch: head -> middle -> CRDM2 -> BE (no losses)."""
+        features = self.head(images, noise_generator=noise_generator).features
         features = self.through_split("crdm2", middle(features), noise_generator=noise_generator).features
         return self.back_end(features)
 

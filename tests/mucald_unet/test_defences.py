@@ -1,0 +1,88 @@
+"""Baseline defences: distance correlation against dcor, NoPeek tiles, Gaussian noise at split 1."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import dcor
+import numpy as np
+import pytest
+import torch
+
+from mucald_unet.config import DefenceConfig, DefenceKind, Method, TrainingConfig
+from mucald_unet.defences.distance_correlation import distance_correlation, u_distance_correlation_sqr
+from mucald_unet.defences.nopeek import nopeek_loss, tiles
+from mucald_unet.errors import TrainingError
+from mucald_unet.training.trainer import LOG_FILE, FederatedTrainer, run_folder_for
+from tests.conftest import CLIENTS
+from tests.mucald_unet.conftest import quick_config
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_distance_correlation_equals_dcor(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(25, 7))
+    y = np.concatenate([x[:, :2] ** 2, rng.normal(size=(25, 3))], axis=1)
+    ours = distance_correlation(torch.from_numpy(x), torch.from_numpy(y))
+    ours_u = u_distance_correlation_sqr(torch.from_numpy(x), torch.from_numpy(y))
+    assert abs(float(ours) - dcor.distance_correlation(x, y)) < 1e-6
+    assert abs(float(ours_u) - dcor.u_distance_correlation_sqr(x, y)) < 1e-6
+
+
+def test_bias_corrected_dependence_is_near_zero_for_independent_and_one_for_identical() -> None:
+    rng = np.random.default_rng(0)
+    x = torch.from_numpy(rng.normal(size=(200, 50)))
+    assert abs(float(u_distance_correlation_sqr(x, torch.from_numpy(rng.normal(size=(200, 50)))))) < 0.02
+    assert float(u_distance_correlation_sqr(x, 3 * x + 1)) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match=">= 4"):
+        u_distance_correlation_sqr(x[:3], x[:3])
+
+
+def test_tiles_cut_every_image_into_the_same_grid() -> None:
+    x = torch.arange(2 * 3 * 4 * 6, dtype=torch.float32).view(2, 3, 4, 6)
+    cut = tiles(x, (2, 3))
+    assert cut.shape == (2 * 2 * 2, 3 * 2 * 3)
+    # second tile of the first image: rows 0-1, columns 3-5, all channels
+    assert torch.equal(cut[1], x[0, :, 0:2, 3:6].reshape(-1))
+
+
+def test_nopeek_loss_separates_dependent_from_independent_features() -> None:
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn(2, 3, 64, 96, generator=generator)  # 48 tiles of 16 x 16
+    independent = nopeek_loss(images, torch.randn(2, 8, 64, 96, generator=generator))
+    dependent = nopeek_loss(images, torch.cat([images, images ** 2, -images[:, :2]], dim=1))
+    assert float(independent) < 0.05 < 0.3 < float(dependent)
+
+
+def test_defence_parsing_names_and_round_trips() -> None:
+    config = TrainingConfig(method=Method.SPLITFED, defence=DefenceConfig.parse("nopeek:0.1"))
+    assert config.defence == DefenceConfig(DefenceKind.NOPEEK, 0.1)
+    assert config.run_name == "splitfed__nopeek-0.1"
+    assert TrainingConfig.from_dict(config.to_dict()) == config
+    assert not DefenceConfig.parse(None).active and DefenceConfig.parse("gaussian:0.5").gaussian_sigma == 0.5
+    for bad in ("gaussian", "laplace:1", "gaussian:-1", "nopeek:x"):
+        with pytest.raises(TrainingError, match="--defence|strength"):
+            DefenceConfig.parse(bad)
+
+
+def test_gaussian_defence_adds_noise_of_sigma_to_what_crosses_in_training_and_prediction(
+        tiny_federation: Path, tmp_path: Path) -> None:
+    config = quick_config(method="splitfed", defence=DefenceConfig.parse("gaussian:0.5"))
+    run = FederatedTrainer(tiny_federation, CLIENTS, config, tmp_path)
+    network = run.clients[0].network
+    images = torch.randn(2, 3, *run.clients[0].plan.patch_size)
+    for mode in (network.train, network.eval):
+        mode()
+        with torch.no_grad():
+            difference = network.head(images).features - network.front_end(images)
+        assert float(difference.std()) == pytest.approx(0.5, rel=0.05)
+
+
+def test_nopeek_training_logs_its_term_and_lands_in_its_own_run_folder(tiny_federation: Path, tmp_path: Path) -> None:
+    config = quick_config(method="splitfed", defence=DefenceConfig.parse("nopeek:0.5"))
+    folder = run_folder_for(tmp_path, tiny_federation, config)
+    FederatedTrainer(tiny_federation, CLIENTS, config, folder).run()
+    assert folder.parent.name == "splitfed__nopeek-0.5"
+    records = [json.loads(line) for line in (folder / LOG_FILE).read_text().splitlines()]
+    assert all(np.isfinite(r["losses"]["nopeek"]) for r in records)
