@@ -14,6 +14,7 @@ from inference.batch import BatchOptions, BatchResult, predict_cases
 from inference.inputs import check_output_folder, discover_cases
 from inference.model import ModelSource
 from inference.predictor import PredictionSettings, Predictor
+from inference.windows import mirror_combinations
 from mucald_unet.devices import Device, resolve_device
 from preprocessing.cli_support import entry_points
 from preprocessing.paths import preprocessed_root, results_root
@@ -94,7 +95,7 @@ def _print_summary(console: Console, result: BatchResult, predictor: Predictor, 
         network = sum(result.network_seconds[c] for c in done) / len(done)
         console.print(f"{len(done)} case(s) -> {output} in {result.wall_seconds:.1f} s: "
                       f"{result.wall_seconds / len(done):.2f} s per case ({network:.2f} s in the network; "
-                      f"{len(predictor.mirror_axes) and 2 ** len(predictor.mirror_axes) or 1} mirror(s) x "
+                      f"{len(mirror_combinations(predictor.mirror_axes))} mirror(s) x "
                       f"{predictor.noise_draws} noise draw(s), {predictor.model.device})")
     for case_id, message in sorted(result.failures.items()):
         console.print(f"[red]error:[/] {escape(message)}")
