@@ -13,6 +13,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from mucald_unet.config import CrdmConfig, DefenceConfig, Method, OptimizerConfig, TrainingConfig, parse_ablations
+from mucald_unet.errors import TrainingError
+from mucald_unet.federation.transport import CaptureRequest
 from mucald_unet.training.trainer import FederatedTrainer, run_folder_for
 from planners.locate import client_names, find_plans
 from mucald_unet.devices import Device, resolve_device
@@ -78,6 +80,11 @@ def train(
     defence: Annotated[Optional[str], typer.Option(
         "--defence", help="A baseline defence at split 1: gaussian:SIGMA (noise on what crosses) or nopeek:WEIGHT "
         "(distance-correlation penalty); the run folder gets a __gaussian-0.5 style suffix.")] = None,
+    capture_round: Annotated[Optional[int], typer.Option(
+        "--capture-round", min=1, help="Keep every tensor that crosses the boundary in this round (1-based) in "
+        "capture_roundNNN.pt: the server's view, for privacy audits.")] = None,
+    capture_clients: Annotated[Optional[str], typer.Option(
+        "--capture-clients", help="Comma-separated dataset ids of the clients to capture (default: all).")] = None,
     device: Annotated[Device, typer.Option("--device", help="auto uses CUDA when available.")] = Device.auto,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the run's last checkpoint.")] = False,
 ) -> None:
@@ -96,8 +103,8 @@ def train(
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("eta"),
                   TimeRemainingColumn(), console=console) as progress:
-        trainer = FederatedTrainer(plans_path, names, config, run_folder,
-                                   RichTrainingReporter(progress, rounds))
+        trainer = FederatedTrainer(plans_path, names, config, run_folder, RichTrainingReporter(progress, rounds),
+                                   capture=_capture_request(plans_path, names, capture_round, capture_clients))
         summary = trainer.run(resume=resume)
     table = Table(title=f"{config.run_name}, fold {fold}: validation Dice after round {summary.rounds_done}")
     table.add_column("client")
@@ -106,6 +113,16 @@ def train(
         table.add_row(name, f"{dice:.3f}")
     console.print(table)
     console.print(f"best mean Dice {summary.best_score:.3f}; run folder: {summary.run_folder}")
+
+
+def _capture_request(plans_path, names: list[str], round_number: int | None,
+                     clients: str | None) -> CaptureRequest | None:
+    if round_number is None:
+        if clients:
+            raise TrainingError("--capture-clients needs --capture-round. Fix: add e.g. --capture-round 10.")
+        return None
+    chosen = client_names(plans_path, [c.strip() for c in clients.split(",") if c.strip()]) if clients else names
+    return CaptureRequest(frozenset(chosen), round_number - 1)
 
 
 main, entry = entry_points(app, DATASET_FLAGS)

@@ -11,11 +11,14 @@ records every message in a manifest.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+import torch
+
 from mucald_unet.federation.messages import Direction, ManifestEntry, Message
-from preprocessing.atomic import write_text_atomic
+from preprocessing.atomic import atomic_output, write_text_atomic
 
 
 class ServerEndpoint(Protocol):
@@ -64,6 +67,40 @@ class LoopbackTransport(InMemoryTransport):
 
     def __init__(self, server: ServerEndpoint, device="cpu") -> None:
         super().__init__(server, device, device, record=False)
+
+
+@dataclass(frozen=True)
+class CaptureRequest:
+    """Which clients' traffic to keep in full, in which (0-based) round: the audit's adversary view."""
+
+    clients: frozenset[str]
+    round: int
+
+
+class CapturingTransport:
+    """An in-memory transport that also keeps, for the requested clients and round, every tensor
+    that crosses in either direction, exactly as the other side received it, with its manifest entry."""
+
+    def __init__(self, inner: InMemoryTransport, capture: CaptureRequest) -> None:
+        self.inner, self.capture = inner, capture
+        self.captured: list[tuple[ManifestEntry, dict[str, torch.Tensor]]] = []
+
+    def request(self, message: Message) -> Message:
+        reply = self.inner.request(message)
+        if message.client in self.capture.clients and message.round == self.capture.round:
+            for sent, direction in ((message, Direction.TO_SERVER), (reply, Direction.TO_CLIENT)):
+                self.captured.append((ManifestEntry.of(sent, direction),
+                                      {k: t.detach().cpu().clone() for k, t in sent.tensors.items()}))
+        return reply
+
+    def drain_manifest(self) -> list[ManifestEntry]:
+        return self.inner.drain_manifest()
+
+    def save(self, path: Path) -> None:
+        """One torch file: a list of {"entry": manifest dict, "tensors": {name: tensor}}."""
+        records = [{"entry": entry.to_dict(), "tensors": tensors} for entry, tensors in self.captured]
+        with atomic_output(path) as tmp:
+            torch.save(records, tmp)
 
 
 def append_manifest(path: Path, entries: list[ManifestEntry]) -> None:

@@ -9,6 +9,7 @@ averaged weights back, a log record per client, the curves PNG, and the checkpoi
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -20,7 +21,8 @@ from mucald_unet.config import Method, TrainingConfig
 from mucald_unet.errors import TrainingError
 from mucald_unet.federation.client import ClientData, SplitClient
 from mucald_unet.federation.server import SplitServer
-from mucald_unet.federation.transport import InMemoryTransport, LoopbackTransport, append_manifest
+from mucald_unet.federation.transport import (CaptureRequest, CapturingTransport, InMemoryTransport,
+                                              LoopbackTransport, append_manifest)
 from mucald_unet.training.augmentation import seed_augmentation
 from mucald_unet.training.checkpoint import (BEST, FINAL, Checkpoint, capture_rng_state, check_compatible,
                                              load_checkpoint, plans_digest, restore_rng_state, save_checkpoint)
@@ -67,6 +69,11 @@ class TrainingSummary:
     best_score: float
 
 
+def capture_file(round_index: int) -> str:
+    """``capture_round003.pt`` for the third round (round_index 2), as the log counts rounds."""
+    return f"capture_round{round_index + 1:03d}.pt"
+
+
 def run_folder_for(results_root: Path, plans_path: Path, config: TrainingConfig) -> Path:
     return run_folder(results_root, plans_path, config.run_name, config.fold)
 
@@ -76,9 +83,19 @@ def run_folder(results_root: Path, plans_path: Path, run_name: str, fold: int) -
     return Path(results_root) / Path(plans_path).parent.name / run_name / f"fold_{fold}"
 
 
+@dataclass(frozen=True)
+class CaseSelection:
+    """Explicit training and validation cases of a client instead of its fold split (shadow models)."""
+
+    train: tuple[str, ...]
+    validation: tuple[str, ...]
+
+
 class FederatedTrainer:
     def __init__(self, plans_path: Path, client_names: list[str], config: TrainingConfig, run_folder: Path,
-                 reporter: TrainingReporter | None = None) -> None:
+                 reporter: TrainingReporter | None = None,
+                 case_selection: Mapping[str, CaseSelection] | None = None,
+                 capture: CaptureRequest | None = None) -> None:
         self.plans_path = Path(plans_path)
         self.plans: Plans = load_plans(self.plans_path)
         self.client_names = [self.plans.client(name).dataset_name for name in client_names]
@@ -86,6 +103,7 @@ class FederatedTrainer:
         self.run_folder = Path(run_folder)
         self.reporter = reporter or SilentTrainingReporter()
         self.digest = plans_digest(self.plans)
+        self.case_selection = dict(case_selection or {})
         torch.manual_seed(config.seed)
         seed_augmentation(config.seed)
         data = {name: self._client_data(name) for name in self.client_names}
@@ -94,6 +112,12 @@ class FederatedTrainer:
         local = config.method in (Method.LOCAL, Method.CENTRALIZED)
         self.transport = (LoopbackTransport(self.server, device) if local
                           else InMemoryTransport(self.server, device, device))
+        self.capture = capture
+        if capture is not None:
+            if local:
+                raise TrainingError(f"--method {config.method.value} has no client/server boundary to capture. "
+                                    "Fix: capture a splitfed or mucald run.")
+            self.transport = CapturingTransport(self.transport, capture)
         largest = max(len(d.train) for d in data.values())
         self.clients = [SplitClient(name, self.plans.federation, self.plans.client(name), config, data[name],
                                     self.transport, seg_weight=largest / len(data[name].train))
@@ -106,7 +130,10 @@ class FederatedTrainer:
     def _client_data(self, name: str) -> ClientData:
         plan = self.plans.client(name)
         folder = client_cases_folder(self.plans_path, plan)
-        train_ids, val_ids = fold_split(list_case_ids(folder), self.config.fold, source=folder)
+        if name in self.case_selection:
+            train_ids, val_ids = self.case_selection[name].train, self.case_selection[name].validation
+        else:
+            train_ids, val_ids = fold_split(list_case_ids(folder), self.config.fold, source=folder)
         proxies = ProxyTargets.load(folder.parent / PROXIES_FILE, plan.causal_graph,
                                     self.plans.federation.causal.num_nodes)
         return ClientData(load_training_cases(folder, train_ids), load_training_cases(folder, val_ids), proxies)
@@ -153,6 +180,8 @@ class FederatedTrainer:
         weights = self.server.last_weights
         server_metrics = self.server.pop_round_metrics()
         manifest = self.transport.drain_manifest()
+        if self.capture is not None and round_index == self.capture.round:
+            self.transport.save(self.run_folder / capture_file(round_index))
         if manifest:
             append_manifest(self.run_folder / MANIFEST_FILE, manifest)
         bytes_sent = {c.name: sum(e.num_bytes for e in manifest if e.client == c.name and e.step >= 0)

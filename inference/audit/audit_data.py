@@ -1,0 +1,63 @@
+"""What the audit attacks and what the attacker may use, for one client of a trained run.
+
+Members are the client's training cases of the run's fold, non-members its held-out fold; the
+attacked private images are one foreground-centred patch per member case (a slice under a 2D plan),
+in the network's input space; the attacker's auxiliary images are patches of the held-out cases
+(same distribution, disjoint from what is attacked). Intensities are scored in a fixed window
+(the auxiliary images' 0.5 and 99.5 percentiles mapped to 0..1), the same for every method.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from mucald_unet.training.data import PatchSampler, TrainingCase, fold_split, list_case_ids, load_training_cases
+from planners.pipeline import client_cases_folder
+from planners.plans import ClientPlan
+
+
+@dataclass(frozen=True)
+class IntensityWindow:
+    low: float
+    high: float
+
+    def to_unit(self, images: np.ndarray) -> np.ndarray:
+        return np.clip((images - self.low) / max(self.high - self.low, 1e-8), 0.0, 1.0).astype(np.float32)
+
+    @classmethod
+    def of(cls, images: np.ndarray) -> "IntensityWindow":
+        low, high = np.percentile(images, [0.5, 99.5])
+        return cls(float(low), float(high))
+
+
+@dataclass(frozen=True, eq=False)
+class ClientAuditData:
+    plan: ClientPlan
+    members: list[TrainingCase]
+    non_members: list[TrainingCase]
+    private: np.ndarray  # (N, C, *patch): one patch per attacked member case
+    private_ids: list[str]
+    auxiliary: np.ndarray  # (M, C, *patch): the attacker's images, from non-member cases
+    window: IntensityWindow
+
+
+def load_audit_data(plans_path: Path, plan: ClientPlan, fold: int, max_private: int, aux_patches: int,
+                    seed: int) -> ClientAuditData:
+    folder = client_cases_folder(plans_path, plan)
+    train_ids, held_out_ids = fold_split(list_case_ids(folder), fold, source=folder)
+    members, non_members = load_training_cases(folder, train_ids), load_training_cases(folder, held_out_ids)
+    rng = np.random.default_rng(seed)
+    attacked = [members[i] for i in sorted(rng.choice(len(members), min(max_private, len(members)), replace=False))]
+    private = np.stack([_patch(case, plan, rng, foreground=True) for case in attacked])
+    sampler = PatchSampler(non_members, plan.patch_size, aux_patches, 0.5, plan.slice_axis, rng)
+    auxiliary = sampler.sample_batch().images
+    return ClientAuditData(plan, members, non_members, private, [c.case_id for c in attacked], auxiliary,
+                           IntensityWindow.of(auxiliary))
+
+
+def _patch(case: TrainingCase, plan: ClientPlan, rng: np.random.Generator, foreground: bool) -> np.ndarray:
+    sampler = PatchSampler([case], plan.patch_size, 1, 1.0 if foreground else 0.0, plan.slice_axis, rng)
+    return sampler.sample_batch().images[0]
