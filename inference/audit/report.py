@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from inference.audit.runner import RECONSTRUCTIONS, AuditStore
+from inference.audit.runner import ATTACKS, RECONSTRUCTIONS, AuditStore
 from mucald_unet.training.run_log import RunLog
 from mucald_unet.training.trainer import LOG_FILE, run_folder
 from preprocessing.atomic import atomic_output, write_json_atomic, write_text_atomic
@@ -28,14 +28,15 @@ def final_dice(results_root: Path, plans_path: Path, run: str, fold: int, client
     return float(rounds[-1]["mean_val_dice"]) if rounds else None
 
 
-def collect(store: AuditStore, runs: list[str], clients: list[str], attacks: tuple[str, ...],
+def collect(store: AuditStore, runs: list[str], clients: list[str],
             dice: dict[tuple[str, str], float | None]) -> dict:
-    """Everything stored, as one JSON-ready dict: client -> run -> numbers."""
+    """Everything stored for these runs and clients (also by earlier calls with other --attacks), as one
+    JSON-ready dict: client -> run -> numbers."""
     numbers: dict = {}
     for client in clients:
         for run in runs:
             entry = {"dice": dice.get((run, client))}
-            for attack in attacks:
+            for attack in ATTACKS:
                 if store.has(run, client, attack):
                     entry[attack] = store.load(run, client, attack)
             entry["strongest"] = _strongest(entry)

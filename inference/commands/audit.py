@@ -76,7 +76,7 @@ def audit(
               f"{config.aux_patches} auxiliary patches, decoder {decoder_steps} steps, white-box {whitebox_steps} "
               f"steps, {shadows} LiRA shadow models, seed {seed}",
               "- Dice: mean validation Dice of the client after the run's last round"]
-    written = write_report(output, collect(store, chosen_runs, clients, config.attacks, dice), header, store)
+    written = write_report(output, collect(store, chosen_runs, clients, dice), header, store)
     console.print((output / "report.md").read_text())
     console.print("wrote " + ", ".join(str(p) for p in written))
 
