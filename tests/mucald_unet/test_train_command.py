@@ -39,3 +39,20 @@ def test_datasets_outside_the_plan_and_bad_ablations_are_refused(tiny_federation
     assert main(["-d", "1", "--preprocessed", preprocessed, "--results", str(tmp_path), "--method", "splitfed",
                  "--ablate", "no-daca"]) == 1
     assert "--method mucald" in capsys.readouterr().err
+
+
+def test_defence_and_capture_flags(tiny_federation: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    preprocessed = str(tiny_federation.parent.parent)
+    code = main(["-d", "1", "2", "3", "--preprocessed", preprocessed, "--results", str(tmp_path), "--method", "splitfed",
+                 "--defence", "gaussian:0.5", "--rounds", "1", "--iters", "1", "--capture-round", "1",
+                 "--capture-clients", "3"])
+    assert code == 0
+    run = tmp_path / tiny_federation.parent.name / "splitfed__gaussian-0.5" / "fold_0"
+    assert (run / "capture_round001.pt").is_file()
+    assert main(["-d", "1", "--preprocessed", preprocessed, "--results", str(tmp_path), "--defence", "blur:2"]) == 1
+    assert "KIND:STRENGTH" in capsys.readouterr().err
+    assert main(["-d", "1", "--preprocessed", preprocessed, "--results", str(tmp_path), "--capture-clients", "1"]) == 1
+    assert "--capture-round" in capsys.readouterr().err
+    assert main(["-d", "1", "--preprocessed", preprocessed, "--results", str(tmp_path), "--method", "local",
+                 "--capture-round", "1"]) == 1
+    assert "no client/server boundary" in capsys.readouterr().err
