@@ -91,7 +91,7 @@ def _runs(results_dir: Path, plans_path: Path, runs: str | None, fold: int, chec
             raise PredictionError(f"{federation}: no {name} for run(s) {', '.join(missing)} (fold {fold}). Fix: train "
                                   "them (e.g. mucald_train --method splitfed --defence gaussian:0.5) or drop them.")
         return chosen
-    found = sorted(p.parent.name for p in federation.glob(f"*/fold_{fold}/{name}"))
+    found = sorted(p.parent.parent.name for p in federation.glob(f"*/fold_{fold}/{name}"))  # <run>/fold_F/file
     if not found:
         raise PredictionError(f"{federation}: no trained runs for fold {fold}. Fix: run mucald_train first.")
     return found
