@@ -1,0 +1,178 @@
+"""Privacy audit: calibration checks that can fail, the capture, and the command end to end."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from inference.audit.audit_data import load_audit_data
+from inference.audit.image_metrics import bootstrap, per_image_scores, reidentified, summarise
+from inference.audit.inversion import InversionBudget, decode, train_decoder, whitebox_inversion
+from inference.audit.membership import (balanced_halves, evaluate_scores, lira_offline_scores, statistics)
+from inference.audit.transmissions import averaged_transmissions, transmitted, undefended
+from inference.commands.audit import main as audit_main
+from inference.model import load_client_model
+from mucald_unet.federation.messages import Direction, Kind
+from mucald_unet.federation.transport import CaptureRequest
+from mucald_unet.training.checkpoint import FINAL
+from mucald_unet.training.data import TrainingCase
+from mucald_unet.training.trainer import FederatedTrainer, capture_file, run_folder_for
+from planners.plans import load_plans
+from tests.conftest import CLIENTS
+from tests.inference.conftest import TrainedRun
+from tests.mucald_unet.conftest import quick_config
+
+FETAL = "Dataset003_DemoFetalUS"
+
+
+@pytest.fixture(scope="module")
+def splitfed_run(trained_run: TrainedRun) -> Path:
+    """An undefended splitfed run of the tiny federation (1 round x 2 iterations): its checkpoint."""
+    config = quick_config(method="splitfed")
+    folder = run_folder_for(trained_run.results, trained_run.plans_path, config)
+    if not (folder / FINAL).is_file():
+        FederatedTrainer(trained_run.plans_path, CLIENTS, config, folder).run()
+    return folder / FINAL
+
+
+def fetal_data(run: TrainedRun, private: int = 4, aux: int = 32):
+    plan = load_plans(run.plans_path).client(FETAL)
+    return load_audit_data(run.plans_path, plan, 0, private, aux, seed=0)
+
+
+# ---- calibration: the attacks can succeed, and cannot invent what is not there ----------------
+def test_whitebox_inversion_of_undefended_features_reconstructs_the_image(trained_run: TrainedRun,
+                                                                          splitfed_run: Path) -> None:
+    model = load_client_model(trained_run.plans_path, FETAL, splitfed_run)
+    data = fetal_data(trained_run)
+    private, aux = torch.from_numpy(data.private), torch.from_numpy(data.auxiliary)
+    start = aux.mean(0, keepdim=True).expand_as(private).clone()
+    found = whitebox_inversion(model, transmitted(model, private), start, InversionBudget(whitebox_steps=300), 0, aux)
+    scores = summarise(data.window.to_unit(found.numpy()), data.window.to_unit(data.private))
+    prior = summarise(data.window.to_unit(start.numpy()), data.window.to_unit(data.private))
+    assert scores["ssim"].mean > 0.9 > prior["ssim"].mean
+    assert scores["reid"].mean == 1.0
+
+
+def test_a_decoder_on_pure_noise_features_does_no_better_than_the_prior(trained_run: TrainedRun) -> None:
+    data = fetal_data(trained_run, private=8, aux=64)
+    private, aux = torch.from_numpy(data.private), torch.from_numpy(data.auxiliary)
+    generator = torch.Generator().manual_seed(0)
+    noise = torch.randn(len(aux), 8, *aux.shape[2:], generator=generator)
+    decoder = train_decoder(noise, aux, InversionBudget(decoder_steps=150), seed=0)
+    guessed = decode(decoder, torch.randn(len(private), 8, *aux.shape[2:], generator=generator))
+    prior = aux.mean(0, keepdim=True).expand_as(private)
+    originals = data.window.to_unit(data.private)
+    noise_ssim = per_image_scores(data.window.to_unit(guessed.numpy()), originals)["ssim"].mean()
+    prior_ssim = per_image_scores(data.window.to_unit(prior.numpy()), originals)["ssim"].mean()
+    assert abs(noise_ssim - prior_ssim) < 0.05
+
+
+def test_an_overfitted_model_is_exposed_and_random_scores_are_not() -> None:
+    rng = np.random.default_rng(0)
+
+    def case(i: int) -> TrainingCase:
+        return TrainingCase(f"c{i}", rng.normal(size=(1, 16, 16)).astype(np.float32),
+                            (rng.random((16, 16)) > 0.5).astype(np.uint8), {})
+
+    members, non_members = [case(i) for i in range(8)], [case(i) for i in range(8, 16)]
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 32, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(32, 2, 3, padding=1))
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-2)
+    x = torch.from_numpy(np.stack([c.images for c in members]))
+    y = torch.from_numpy(np.stack([c.label for c in members]).astype(np.int64))
+    for _ in range(300):  # memorise random labels
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(net(x), y).backward()
+        optimizer.step()
+    predict = lambda images: net(torch.from_numpy(images)[None])[0]  # noqa: E731
+    exposed = evaluate_scores(statistics(predict, members, None), statistics(predict, non_members, None))
+    assert exposed.auc.mean > 0.8 and exposed.balanced_accuracy > 0.7
+    chance = evaluate_scores(rng.normal(size=2000), rng.normal(size=2000))
+    assert abs(chance.auc.mean - 0.5) < 0.05 and chance.auc.low < 0.5 < chance.auc.high
+
+
+def test_lira_uses_only_shadows_that_did_not_see_a_case() -> None:
+    inside = balanced_halves(10, 4, seed=0)
+    assert inside.shape == (4, 10) and np.all(inside.sum(axis=0) == 2)
+    shadow = np.where(inside, 5.0, np.arange(10.0)[None, :])  # IN values must be ignored
+    shadow[0] += 0.5 * ~inside[0]  # some spread among OUT values
+    target = np.arange(10.0) + 1.0
+    scores = lira_offline_scores(target, shadow, inside)
+    out_mean = np.nanmean(np.where(inside, np.nan, shadow), axis=0)
+    assert np.all(np.sign(scores) == np.sign(target - out_mean))
+    with pytest.raises(ValueError, match="even"):
+        balanced_halves(10, 3, seed=0)
+
+
+def test_metrics_reidentification_and_bootstrap() -> None:
+    rng = np.random.default_rng(0)
+    originals = rng.random((5, 1, 24, 24)).astype(np.float32)
+    perfect = per_image_scores(originals, originals)
+    assert np.allclose(perfect["ssim"], 1.0) and np.allclose(perfect["mse"], 0.0)
+    assert reidentified(originals + 0.01, originals).all()
+    assert not reidentified(np.roll(originals, 1, axis=0), originals).any()
+    estimate = bootstrap(np.array([0.0, 1.0] * 50))
+    assert estimate.mean == 0.5 and estimate.low < 0.5 < estimate.high
+
+
+def test_transmissions_are_fresh_draws_for_mucald_and_exact_for_splitfed(trained_run: TrainedRun,
+                                                                        splitfed_run: Path) -> None:
+    images = torch.from_numpy(fetal_data(trained_run).private)
+    plain = load_client_model(trained_run.plans_path, FETAL, splitfed_run)
+    assert torch.equal(transmitted(plain, images), undefended(plain, images))
+    source = run_folder_for(trained_run.results, trained_run.plans_path, quick_config()) / FINAL
+    defended = load_client_model(trained_run.plans_path, FETAL, source)
+    first, second = transmitted(defended, images), transmitted(defended, images)
+    assert not torch.allclose(first, second)
+    averaged = averaged_transmissions(defended, images, draws=8)
+    clean = undefended(defended, images)
+    assert (averaged - clean).pow(2).mean() < (first - clean).pow(2).mean()  # averaging removes noise
+
+
+# ---- capture and the command --------------------------------------------------------------------
+def test_capture_keeps_every_tensor_of_the_chosen_clients_and_round(trained_run: TrainedRun, tmp_path: Path) -> None:
+    capture = CaptureRequest(frozenset({FETAL}), round=1)
+    run = FederatedTrainer(trained_run.plans_path, CLIENTS, quick_config(rounds=2), tmp_path, capture=capture)
+    run.run()
+    records = torch.load(tmp_path / capture_file(1), weights_only=False)
+    manifest = [json.loads(line) for line in (tmp_path / "manifest.jsonl").read_text().splitlines()]
+    expected = [m for m in manifest if m["client"] == FETAL and m["round"] == 1]
+    assert [r["entry"] for r in records] == expected
+    sent = [r for r in records if r["entry"]["kind"] == Kind.FEATURES.value
+            and r["entry"]["direction"] == Direction.TO_SERVER.value and r["entry"]["step"] >= 0]
+    assert len(sent) == 2  # one per training iteration
+    features = sent[0]["tensors"]["features"]
+    assert list(features.shape) == sent[0]["entry"]["shapes"]["features"]
+    assert not (tmp_path / capture_file(0)).exists()
+
+
+def test_audit_command_writes_report_numbers_and_grid_and_resumes(trained_run: TrainedRun, splitfed_run: Path,
+                                                                 tmp_path: Path) -> None:
+    out = tmp_path / "audit"
+    argv = ["-d", "3", "-o", str(out), *trained_run.cli_roots(), "--runs", "splitfed,mucald",
+            "--private-cases", "4", "--shadows", "2", "--decoder-steps", "3", "--whitebox-steps", "3"]
+    assert audit_main(argv) == 0
+    numbers = json.loads((out / "audit.json").read_text())
+    for run in ("splitfed", "mucald"):
+        entry = numbers[FETAL][run]
+        assert set(entry) >= {"dice", "inverse", "whitebox", "mia", "dcor", "strongest"}
+        assert 0.0 <= entry["mia"]["lira_offline"]["auc"]["mean"] <= 1.0
+        assert entry["dcor"]["samples"] == 4
+    assert "| splitfed |" in (out / "report.md").read_text()
+    assert (out / f"reconstructions_{FETAL}.png").stat().st_size > 0
+    stamp = (out / "results" / "mucald" / FETAL / "inverse.json").stat().st_mtime_ns
+    without_runs = [a for a in argv if a not in ("--runs", "splitfed,mucald")]  # default: every trained run
+    assert audit_main(without_runs) == 0  # resumes: nothing is recomputed
+    assert (out / "results" / "mucald" / FETAL / "inverse.json").stat().st_mtime_ns == stamp
+    assert "runs: mucald, splitfed" in (out / "report.md").read_text()
+
+
+def test_audit_refuses_runs_that_were_not_trained(trained_run: TrainedRun, tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture) -> None:
+    assert audit_main(["-d", "3", "-o", str(tmp_path), *trained_run.cli_roots(), "--runs", "splitfed__nopeek-0.1"]) == 1
+    assert "splitfed__nopeek-0.1" in capsys.readouterr().err
