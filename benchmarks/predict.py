@@ -40,10 +40,9 @@ import time
 from pathlib import Path
 
 from benchmarks.process_meter import measure, psutil
-from benchmarks.reporting import emit_report, log
+from benchmarks.reporting import REPO, emit_report, log, run_json_child
 from benchmarks.train_step import busy_cpus, prepare_demo
 
-REPO = Path(__file__).resolve().parent.parent
 DEFAULT_NNUNET_VENV = REPO / "benchmarks" / ".venv"
 GOAL_RATIO = 1.15
 CHILD_VARIANTS = ("monai", "mucald-network", "mucald-network-tta", "mucald-case", "mucald-case-tta")
@@ -158,13 +157,7 @@ def run_child(variant: str, args: argparse.Namespace, paths: dict[str, Path]) ->
            "--preprocessed", str(paths["preprocessed"]), "--results", str(paths["results"]),
            "--images", str(paths["images"]), "--scratch", str(paths["scratch"] / variant),
            "--threads", str(args.threads)]
-    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
-    result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
-    lines = result.stdout.strip().splitlines()
-    if result.returncode != 0 or not lines:
-        log(f"    FAILED rc={result.returncode}:\n    " + "\n    ".join(result.stderr.splitlines()[-15:]))
-        return None
-    return json.loads(lines[-1])
+    return run_json_child(cmd, args.threads)
 
 
 # ------------------------------------------------------------------------------ whole commands

@@ -23,20 +23,18 @@ import platform
 import resource
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks.reporting import emit_report, log
+from benchmarks.reporting import emit_report, log, run_json_child
 from preprocessing.errors import MucaldError
 
 # The project's heavy modules (torch, the planners) are imported inside the functions that use
 # them, so that a child process loads only the trainer and the parent only the planners.
 
-REPO = Path(__file__).resolve().parent.parent
 BASELINE = "splitfed"
 DEMO_IDS = ("1", "2", "3")
 GOAL_TIME_RATIO = 1.3
@@ -189,13 +187,7 @@ def run_child(variant: Variant, plans_path: Path, client_names: list[str], run_f
            "--device", args.device, "--clients", *client_names]
     if variant.ablations:
         cmd += ["--ablate", variant.ablations]
-    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
-    result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
-    lines = result.stdout.strip().splitlines()
-    if result.returncode != 0 or not lines:
-        log(f"    FAILED rc={result.returncode}:\n    " + "\n    ".join(result.stderr.splitlines()[-15:]))
-        return None
-    return json.loads(lines[-1])
+    return run_json_child(cmd, args.threads)
 
 
 def ratio(value: float, base: float | None) -> str:
