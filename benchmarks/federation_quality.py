@@ -27,8 +27,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks.reporting import emit_report, log
-from benchmarks.train_step import REPO, Variant, ablation_variants, plan_federation, plan_table, prepare_demo
+from benchmarks.reporting import REPO, emit_report, log
+from benchmarks.train_step import Variant, ablation_variants, plan_federation, plan_table, prepare_demo
 from preprocessing.errors import MucaldError
 
 SUMMARY_FILE = "summary.json"
