@@ -71,7 +71,7 @@ def match_channel_statistics(images: Tensor, reference: Tensor) -> Tensor:
     dims = tuple(range(2, images.ndim))
     mean, std = images.mean(dims, keepdim=True), images.std(dims, keepdim=True).clamp_min(1e-6)
     ref_dims = (0, *dims)
-    return (images - mean) / std * reference.std(ref_dims, keepdim=True)[0:1] + reference.mean(ref_dims, keepdim=True)[0:1]
+    return (images - mean) / std * reference.std(ref_dims, keepdim=True) + reference.mean(ref_dims, keepdim=True)
 
 
 def whitebox_inversion(model: TrainedClientModel, observed: Tensor, start: Tensor, budget: InversionBudget,

@@ -13,8 +13,8 @@ from inference.audit.inversion import InversionBudget
 from inference.audit.report import final_dice, collect, write_report
 from inference.audit.runner import ATTACKS, AuditConfig, AuditStore, AuditTarget, audit_client
 from inference.errors import PredictionError
+from inference.model import CHECKPOINT_ALIASES
 from mucald_unet.devices import Device, resolve_device
-from mucald_unet.training.checkpoint import BEST, FINAL
 from planners.locate import client_names, find_plans
 from preprocessing.cli_support import DATASET_FLAGS, entry_points
 from preprocessing.paths import preprocessed_root, results_root
@@ -83,7 +83,7 @@ def audit(
 
 def _runs(results_dir: Path, plans_path: Path, runs: str | None, fold: int, checkpoint: str) -> list[str]:
     federation = results_dir / plans_path.parent.name
-    name = BEST if checkpoint == "best" else FINAL
+    name = CHECKPOINT_ALIASES[checkpoint]
     if runs:
         chosen = [r.strip() for r in runs.split(",") if r.strip()]
         missing = [r for r in chosen if not (federation / r / f"fold_{fold}" / name).is_file()]

@@ -14,7 +14,7 @@ from torch import Tensor
 
 
 def _distances(x: Tensor) -> Tensor:
-    flat = x.reshape(x.shape[0], -1).double() if x.dtype == torch.float64 else x.reshape(x.shape[0], -1)
+    flat = x.reshape(x.shape[0], -1)
     squared = (flat.unsqueeze(1) - flat.unsqueeze(0)).pow(2).sum(-1)
     return torch.sqrt(squared.clamp_min(1e-12)) * (1 - torch.eye(len(flat), device=x.device, dtype=flat.dtype))
 

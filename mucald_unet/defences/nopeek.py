@@ -11,6 +11,7 @@ tiles at these sample sizes, so it would barely tell dependence from chance.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 from torch import Tensor
@@ -29,7 +30,7 @@ def tiles(x: Tensor, tile: Sequence[int]) -> Tensor:
     grid_axes = [2 + 2 * i for i in range(dims)]
     inner_axes = [3 + 2 * i for i in range(dims)]
     x = x.permute(0, *grid_axes, 1, *inner_axes)
-    return x.reshape(-1, channels * int(_prod(tile)))
+    return x.reshape(-1, channels * math.prod(tile))
 
 
 def nopeek_loss(images: Tensor, features: Tensor, tile_size: int = 16) -> Tensor:
@@ -41,9 +42,3 @@ def nopeek_loss(images: Tensor, features: Tensor, tile_size: int = 16) -> Tensor
 def _largest_divisor_at_most(size: int, limit: int) -> int:
     return max(d for d in range(1, min(size, limit) + 1) if size % d == 0)
 
-
-def _prod(values: Sequence[int]) -> int:
-    out = 1
-    for v in values:
-        out *= v
-    return out
