@@ -1,5 +1,9 @@
 """What every mucald command shares: offline mode, ``-d 1 2 3`` style flags, and user errors
 printed as one clear message with exit code 1 instead of a traceback.
+
+Offline mode must be on before huggingface_hub is imported (it reads ``HF_HUB_OFFLINE`` once, at
+import), so each commands package calls ``go_offline`` in its ``__init__``, before any command
+module imports diffusers.
 """
 
 from __future__ import annotations
@@ -15,6 +19,11 @@ from rich.markup import escape
 from preprocessing.errors import MucaldError
 
 DATASET_FLAGS = ("-d", "--dataset")
+
+
+def go_offline() -> None:
+    """Nothing may download weights at run time; a user's own HF_HUB_OFFLINE value wins."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def expand_multi_value_flags(argv: Sequence[str], flags: Sequence[str]) -> list[str]:
@@ -47,7 +56,6 @@ def rewrite_aliases(argv: Sequence[str], aliases: Mapping[str, str]) -> list[str
 def run_app(app: typer.Typer, argv: Sequence[str] | None = None, multi_value_flags: Sequence[str] = (),
             aliases: Mapping[str, str] | None = None) -> int:
     """Run a typer app and return its exit code; MucaldError becomes a message and code 1."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing may download weights at run time
     args = rewrite_aliases(list(sys.argv[1:] if argv is None else argv), aliases or {})
     args = expand_multi_value_flags(args, multi_value_flags)
     try:

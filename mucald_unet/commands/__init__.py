@@ -1,1 +1,9 @@
-"""The training package's console command: ``mucald_train``."""
+"""The training package's console command: ``mucald_train``.
+
+Commands run offline: importing this package sets HF_HUB_OFFLINE (unless already set) before
+any command module imports diffusers, which reads it once.
+"""
+
+from preprocessing.cli_support import go_offline
+
+go_offline()

@@ -1,10 +1,10 @@
 """Distance correlation (Szekely et al.) between paired samples, in torch so it can be a loss.
 
-``distance_correlation`` is the classic (biased, V-statistic) estimator in [0, 1], differentiable:
-NoPeek minimises it. ``u_distance_correlation_sqr`` is the bias-corrected squared estimator
-(U-centred distance matrices, Szekely and Rizzo 2014), which the privacy audit reports because its
-expectation is 0 under independence at any sample size; it equals the ``dcor`` package's
-``u_distance_correlation_sqr`` (a test checks this).
+``distance_correlation`` is the classic (biased, V-statistic) estimator in [0, 1], differentiable.
+``u_distance_correlation_sqr`` is the bias-corrected squared estimator (U-centred distance
+matrices, Szekely and Rizzo 2014): its expectation is 0 under independence at any sample size, so
+the privacy audit reports it and NoPeek minimises it (clamped at 0 there: a single estimate can be
+negative). It equals the ``dcor`` package's ``u_distance_correlation_sqr`` (a test checks this).
 """
 
 from __future__ import annotations

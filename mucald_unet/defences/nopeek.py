@@ -6,7 +6,9 @@ degenerate (the distance correlation of any two pairs is 1). Here the samples ar
 image and its feature map are cut into the same grid of tiles, and the correlation is taken over
 all tiles of the batch, which is what a reconstruction attack exploits (local appearance). The
 bias-corrected estimator is used: the classic one sits near 1 for independent high-dimensional
-tiles at these sample sizes, so it would barely tell dependence from chance.
+tiles at these sample sizes, so it would barely tell dependence from chance. That estimator
+can go below 0 by chance; the penalty is clamped at 0 so training is never rewarded for pushing
+the estimate negative (0 already means "no dependence seen").
 """
 
 from __future__ import annotations
@@ -34,9 +36,11 @@ def tiles(x: Tensor, tile: Sequence[int]) -> Tensor:
 
 
 def nopeek_loss(images: Tensor, features: Tensor, tile_size: int = 16) -> Tensor:
+    """max(0, bias-corrected dCor^2) between image tiles and feature tiles; 0 with zero gradient
+    where the estimate is negative."""
     spatial = images.shape[2:]
     tile = [_largest_divisor_at_most(size, tile_size) for size in spatial]
-    return u_distance_correlation_sqr(tiles(images, tile), tiles(features, tile))
+    return u_distance_correlation_sqr(tiles(images, tile), tiles(features, tile)).clamp_min(0.0)
 
 
 def _largest_divisor_at_most(size: int, limit: int) -> int:
