@@ -11,6 +11,7 @@ import torch
 from diffusers import DDPMScheduler
 from torch import Tensor
 
+from mucald_unet.errors import TrainingError
 from planners.plans import DiffusionPlan
 
 
@@ -21,9 +22,8 @@ class NoiseSchedule:
                                        beta_schedule=plan.beta_schedule, clip_sample=False)
         self.alphas_cumprod = self.scheduler.alphas_cumprod.to(torch.float64)
         self.num_timesteps = plan.num_train_timesteps
-        chosen = plan.eval_timestep if eval_timestep is None else eval_timestep
-        self.eval_timestep = min(max(chosen, 1), self.num_timesteps - 1)
         gains = self.noise_gain(torch.arange(self.num_timesteps))
+        self.eval_timestep = _checked_eval_timestep(plan, eval_timestep, gains, max_noise_gain)
         limit = float(gains[self.eval_timestep]) if max_noise_gain is None else max_noise_gain
         allowed = torch.nonzero(gains <= limit * (1 + 1e-9)).flatten()
         if len(allowed) < 2 or int(allowed.max()) < self.eval_timestep:
@@ -45,3 +45,22 @@ class NoiseSchedule:
     def add_noise(self, x: Tensor, noise: Tensor, timesteps: Tensor) -> Tensor:
         """x_t = sqrt(a_bar_t) x + sqrt(1 - a_bar_t) eps."""
         return self.scheduler.add_noise(x, noise, timesteps)
+
+
+def _checked_eval_timestep(plan: DiffusionPlan, chosen: int | None, gains: Tensor,
+                           max_noise_gain: float | None) -> int:
+    """The eval timestep, refused (not clamped) outside 1..T-1: t = 0 adds no noise, T does not exist."""
+    t = plan.eval_timestep if chosen is None else chosen
+    last = plan.num_train_timesteps - 1
+    if 1 <= t <= last:
+        return t
+    cap = ""
+    if max_noise_gain is not None:  # the gain cap bounds it further (checked by the caller)
+        allowed = torch.nonzero(gains <= max_noise_gain * (1 + 1e-9)).flatten()
+        cap = f"; max_noise_gain {max_noise_gain:.3g} allows at most {int(allowed.max())}"
+    where = ("--eval-timestep" if chosen is not None
+             else "the plan's federation.diffusion.eval_timestep")
+    fix = (f"pass --eval-timestep between 1 and {last} (or leave it out for the plan's {plan.eval_timestep})"
+           if chosen is not None else "re-run mucald_plan_and_preprocess, or correct that field of plans.json")
+    raise TrainingError(f"{where} is {t}, outside the valid range 1..{last} of the plan's noise schedule "
+                        f"(T = {plan.num_train_timesteps} timesteps){cap}. Fix: {fix}.")

@@ -7,11 +7,17 @@ import os
 import subprocess
 import sys
 
+from pathlib import Path
+
 import pytest
 import torch
 
+from mucald_unet.commands.train import main as train_main
+from mucald_unet.crdm.noise_schedule import NoiseSchedule
 from mucald_unet.defences.distance_correlation import u_distance_correlation_sqr
 from mucald_unet.defences.nopeek import nopeek_loss, tiles
+from mucald_unet.errors import TrainingError
+from planners.plans import DiffusionPlan
 
 
 # ---- commands run offline ------------------------------------------------------------------------
@@ -46,3 +52,31 @@ def test_nopeek_is_not_rewarded_for_a_negative_distance_correlation_estimate() -
     assert float(loss.detach()) == 0.0
     loss.backward()
     assert features.grad is not None and float(features.grad.abs().max()) == 0.0
+
+
+# ---- the evaluation timestep ------------------------------------------------------------------------
+@pytest.mark.parametrize("chosen", [0, 400, 100000])
+def test_an_eval_timestep_outside_the_schedule_is_refused_not_clamped(chosen: int) -> None:
+    with pytest.raises(TrainingError, match=r"--eval-timestep is .*valid range 1\.\.399.*T = 400"):
+        NoiseSchedule(DiffusionPlan(num_train_timesteps=400, eval_timestep=200), eval_timestep=chosen)
+    assert NoiseSchedule(DiffusionPlan(num_train_timesteps=400), eval_timestep=399).eval_timestep == 399
+    with pytest.raises(TrainingError, match="federation.diffusion.eval_timestep is 0"):
+        NoiseSchedule(DiffusionPlan(num_train_timesteps=400, eval_timestep=0))
+
+
+def test_the_refusal_names_the_bound_the_noise_gain_cap_implies() -> None:
+    capped = NoiseSchedule(DiffusionPlan(num_train_timesteps=400, eval_timestep=200), max_noise_gain=3.0)
+    with pytest.raises(TrainingError, match=f"max_noise_gain 3 allows at most {capped.max_train_timestep}"):
+        NoiseSchedule(DiffusionPlan(num_train_timesteps=400, eval_timestep=200), max_noise_gain=3.0,
+                      eval_timestep=1000)
+
+
+def test_mucald_train_refuses_an_out_of_range_eval_timestep_before_training(
+        tiny_federation: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    code = train_main(["-d", "1", "2", "3", "--preprocessed", str(tiny_federation.parent.parent),
+                       "--results", str(tmp_path), "--rounds", "1", "--iters", "1", "--device", "cpu",
+                       "--eval-timestep", "100000"])
+    err = capsys.readouterr().err.replace("\n", "")
+    assert code == 1
+    assert "--eval-timestep is 100000, outside the valid range 1.." in err and "Traceback" not in err
+    assert not list(tmp_path.rglob("checkpoint_*.pt")) and not list(tmp_path.rglob("log.jsonl"))
