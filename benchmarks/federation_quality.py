@@ -102,7 +102,8 @@ def child_main(args: argparse.Namespace) -> int:
                             rounds=args.rounds, local_epochs=args.local_epochs,
                             iterations_per_epoch=args.iters, seed=args.seed, fold=0)
     started = time.perf_counter()
-    summary = FederatedTrainer(args.plans, args.clients, config, args.run_folder).run()
+    # the parent found no finished summary here, so what a killed child left is discarded
+    summary = FederatedTrainer(args.plans, args.clients, config, args.run_folder).run(overwrite=True)
     write_json_atomic(args.run_folder / SUMMARY_FILE, {
         "settings": json.loads(args.settings), "rounds_done": summary.rounds_done,
         "final_dice": {k: finite_or_none(v) for k, v in summary.final_dice.items()},

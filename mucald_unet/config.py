@@ -7,6 +7,8 @@ to train, which method and ablations run, and the loss weights. It is written be
 
 from __future__ import annotations
 
+import hashlib
+import re
 from dataclasses import asdict, dataclass, field, fields
 from enum import Enum
 from typing import Any
@@ -111,13 +113,21 @@ class AuxiliarySchedule:
 
 @dataclass(frozen=True)
 class OptimizerConfig:
-    """AdamW groups as MUCALD.md: networks and denoisers at ``lr``, encoders and SCMs at ``aux_lr``."""
+    """AdamW groups as MUCALD.md: networks and denoisers at ``lr``, encoders and SCMs at ``aux_lr``.
+
+    ``aux_lr`` None means half of ``lr`` (the paper's ratio), so changing ``--lr`` moves both.
+    """
 
     lr: float = 1e-3
-    aux_lr: float = 5e-4
+    aux_lr: float | None = None
     weight_decay: float = 3e-5
     discriminator_lr: float = 1e-4
     grad_clip: float = 12.0
+
+    @property
+    def encoder_lr(self) -> float:
+        """The rate of the exogenous encoders, SCMs and proxy priors."""
+        return self.lr / 2 if self.aux_lr is None else self.aux_lr
 
 
 @dataclass(frozen=True)
@@ -183,9 +193,28 @@ class TrainingConfig:
 
     @property
     def run_name(self) -> str:
-        """Folder name of the run: the method, its ablations in a fixed order, then the defence."""
+        """Folder name of the run: method, ablations, defence, then every other non-default setting."""
+        return compose_run_name(self.identity_labels(), self.setting_labels())
+
+    def identity_labels(self) -> list[str]:
+        """What the run is: the method, its ablations in a fixed order, then the defence."""
         parts = [self.method.value] + sorted(a.value for a in self.ablations)
-        return "__".join(parts + ([self.defence.label] if self.defence.active else []))
+        return parts + ([self.defence.label] if self.defence.active else [])
+
+    def setting_labels(self) -> list[str]:
+        """``key-value`` for every setting that differs from the defaults, in field order.
+
+        Settings that do not change what is learned (the device) or that name a subfolder
+        (the fold) are left out; method, ablations and defence are in ``identity_labels``.
+        """
+        now, default = _flatten(self.to_dict()), _flatten(TrainingConfig().to_dict())
+        labels = []
+        for key, value in now.items():
+            if key in _NOT_IN_NAME or value == default.get(key):
+                continue
+            short = _SHORT_NAMES.get(key, key.replace(".", "-").replace("_", "-"))
+            labels.append(_label(short, value))
+        return labels
 
     @property
     def iterations_per_round(self) -> int:
@@ -222,6 +251,46 @@ class TrainingConfig:
         if unknown:
             raise TrainingError(f"unknown training settings: {', '.join(sorted(unknown))}.")
         return cls(**data)
+
+
+_NOT_IN_NAME = frozenset({"method", "ablations", "defence.kind", "defence.strength", "device", "fold"})
+_SHORT_NAMES = {"aggregation": "agg", "fedprox_mu": "mu", "local_norms": "local-norms", "crdm.eval_timestep": "eval-t",
+                "optimizer.lr": "lr", "optimizer.aux_lr": "aux-lr", "local_epochs": "epochs",
+                "iterations_per_epoch": "iters"}
+MAX_RUN_NAME = 96  # longer names keep their leading labels and end in a digest of all of them
+
+
+def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[prefix + key] = value
+    return flat
+
+
+def _label(key: str, value: Any) -> str:
+    """``seed-1``, ``lr-0.0003``, ``local-norms`` (True), ``no-local-norms`` (False)."""
+    if isinstance(value, bool):
+        return key if value else f"no-{key}"
+    text = f"{value:g}" if isinstance(value, float) else "-".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+    return f"{key}-{re.sub(r'[^A-Za-z0-9.+-]', '_', text)}"
+
+
+def compose_run_name(identity: list[str], settings: list[str]) -> str:
+    """``mucald__seed-1__agg-causal``; past ``MAX_RUN_NAME`` characters the settings that do not
+    fit are replaced by ``more-<digest>`` of all settings, so two runs never share a name."""
+    name = "__".join(identity + settings)
+    if len(name) <= MAX_RUN_NAME:
+        return name
+    digest = "more-" + hashlib.sha256("__".join(settings).encode("utf-8")).hexdigest()[:8]
+    kept = list(identity)
+    for label in settings:
+        if len("__".join(kept + [label, digest])) > MAX_RUN_NAME:
+            break
+        kept.append(label)
+    return "__".join(kept + [digest])
 
 
 def parse_ablations(text: str | None) -> frozenset[Ablation]:

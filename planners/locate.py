@@ -26,19 +26,69 @@ def plan_command(references: Sequence[str], preprocessed_root: Path) -> str:
     return f"mucald_plan_and_preprocess -d {ids} --preprocessed {preprocessed_root}"
 
 
-def find_plans(preprocessed_root: Path, references: Sequence[str]) -> Path:
-    """The plans of ``Federation_<ids>``, else of any federation that holds all the datasets."""
-    numbers = sorted({dataset_number(r) for r in references})
+def federation_folder_name(numbers: Sequence[int]) -> str:
+    """``Federation_001_002_003`` for datasets 1, 2 and 3 (any order)."""
+    return "Federation_" + "_".join(f"{n:03d}" for n in sorted(set(numbers)))
+
+
+def planned_federations(preprocessed_root: Path) -> dict[Path, set[int]]:
+    """Every plans file under the root and the dataset numbers it holds."""
+    return {path: {dataset_number(name) for name in load_plans(path).clients}
+            for path in sorted(Path(preprocessed_root).glob(f"Federation_*/{PLANS_FILE}"))}
+
+
+def find_plans(preprocessed_root: Path, references: Sequence[str],
+               federation: Sequence[str] | None = None) -> Path:
+    """The plans of exactly ``Federation_<ids>``: of ``federation`` when given, else of ``references``.
+
+    Never a different federation that happens to hold the datasets: its shared topology was
+    sized for other clients, so training there must be asked for (``--federation``).
+    """
     root = Path(preprocessed_root)
-    exact = root / ("Federation_" + "_".join(f"{n:03d}" for n in numbers)) / PLANS_FILE
-    if exact.is_file():
-        return exact
-    for candidate in sorted(root.glob(f"Federation_*/{PLANS_FILE}")):
-        held = {dataset_number(name) for name in load_plans(candidate).clients}
-        if set(numbers) <= held:
-            return candidate
-    raise PlanError(f"{root}: no plans for datasets {', '.join(map(str, numbers))}. Fix: run "
-                    f"{plan_command(references, root)}")
+    numbers = sorted({dataset_number(r) for r in references})
+    wanted = sorted({dataset_number(r) for r in federation}) if federation else numbers
+    path = root / federation_folder_name(wanted) / PLANS_FILE
+    if not path.is_file():
+        raise PlanError(_missing_plans_message(root, numbers, wanted, references))
+    if not set(numbers) <= set(wanted):
+        raise PlanError(f"{path}: datasets {', '.join(map(str, sorted(set(numbers) - set(wanted))))} are not in "
+                        f"this federation ({', '.join(map(str, wanted))}). Fix: pick clients of it with -d, or "
+                        "another --federation.")
+    return path
+
+
+def find_client_plans(preprocessed_root: Path, references: Sequence[str],
+                      federation: Sequence[str] | None = None) -> Path:
+    """The plans that trained these clients (predict, export, audit): ``federation`` when given,
+    else the one federation holding them all.
+
+    Unlike training, nothing is sized here: the clients' models already live in one plan. When
+    several plans hold them the choice is the user's, so the error lists them.
+    """
+    if federation:
+        return find_plans(preprocessed_root, references, federation)
+    numbers = {dataset_number(r) for r in references}
+    found = planned_federations(preprocessed_root)
+    holding = [path for path, held in found.items() if numbers <= held]
+    if len(holding) == 1:
+        return holding[0]
+    if not holding:
+        raise PlanError(_missing_plans_message(Path(preprocessed_root), sorted(numbers), sorted(numbers), references))
+    listed = ", ".join(path.parent.name for path in holding)
+    example = " ".join(str(n) for n in sorted(found[holding[0]]))
+    raise PlanError(f"{preprocessed_root}: datasets {', '.join(map(str, sorted(numbers)))} are in several "
+                    f"federations ({listed}). Fix: choose one with --federation IDS, e.g. --federation {example}.")
+
+
+def _missing_plans_message(root: Path, numbers: Sequence[int], wanted: Sequence[int],
+                           references: Sequence[str]) -> str:
+    found = planned_federations(root)
+    listed = "; ".join(f"{path.parent.name} (datasets {', '.join(map(str, sorted(held)))})"
+                       for path, held in found.items()) or "none"
+    fixes = [f"pass --federation {' '.join(map(str, sorted(held)))} to use the plan that holds them"
+             for held in found.values() if set(numbers) <= held][:1]
+    fixes.append(f"run {plan_command(references, root)}")
+    return f"{root}: no {federation_folder_name(wanted)} (federations found: {listed}). Fix: {', or '.join(fixes)}."
 
 
 def client_names(plans_path: Path, references: Sequence[str]) -> list[str]:

@@ -15,7 +15,8 @@ from inference.audit.runner import ATTACKS, AuditConfig, AuditStore, AuditTarget
 from inference.errors import PredictionError
 from inference.model import CHECKPOINT_ALIASES
 from mucald_unet.devices import Device, resolve_device
-from planners.locate import client_names, find_plans
+from mucald_unet.training.trainer import federation_results, trained_runs
+from planners.locate import client_names, find_client_plans
 from preprocessing.cli_support import DATASET_FLAGS, entry_points
 from preprocessing.paths import preprocessed_root, results_root
 
@@ -42,11 +43,14 @@ def audit(
     whitebox_steps: Annotated[int, typer.Option("--whitebox-steps", min=1, help="White-box optimisation steps.")] = 300,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the attacks and shadow models.")] = 0,
     device: Annotated[Device, typer.Option("--device", help="auto uses CUDA when available.")] = Device.auto,
+    federation: Annotated[Optional[list[str]], typer.Option(
+        "--federation", help="The federation the clients trained in, by its dataset ids (default: the one plan "
+        "that holds them; needed when several do).")] = None,
 ) -> None:
     """Each attack's result is stored as soon as it finishes; rerunning resumes with the next one."""
     if checkpoint not in ("best", "final"):
         raise PredictionError(f"--checkpoint {checkpoint}: the audit compares runs, so it takes best or final.")
-    plans_path = find_plans(preprocessed_root(preprocessed), datasets)
+    plans_path = find_client_plans(preprocessed_root(preprocessed), datasets, federation)
     clients = client_names(plans_path, datasets)
     results_dir = results_root(results)
     chosen_runs = _runs(results_dir, plans_path, runs, fold, checkpoint)
@@ -82,22 +86,22 @@ def audit(
 
 
 def _runs(results_dir: Path, plans_path: Path, runs: str | None, fold: int, checkpoint: str) -> list[str]:
-    federation = results_dir / plans_path.parent.name
-    name = CHECKPOINT_ALIASES[checkpoint]
+    federation = federation_results(results_dir, plans_path)
+    found = trained_runs(federation, fold, CHECKPOINT_ALIASES[checkpoint])
     if runs:
         chosen = [r.strip() for r in runs.split(",") if r.strip()]
-        missing = [r for r in chosen if not (federation / r / f"fold_{fold}" / name).is_file()]
+        missing = [r for r in chosen if r not in found]
         if missing:
-            raise PredictionError(f"{federation}: no {name} for run(s) {', '.join(missing)} (fold {fold}). Fix: train "
-                                  "them (e.g. mucald_train --method splitfed --defence gaussian:0.5) or drop them.")
+            raise PredictionError(f"{federation}: no {CHECKPOINT_ALIASES[checkpoint]} for run(s) {', '.join(missing)} "
+                                  f"(fold {fold}; runs with one: {', '.join(found) or 'none'}). Fix: train them (e.g. "
+                                  "mucald_train --method splitfed --defence gaussian:0.5) or drop them.")
         return chosen
-    found = sorted(p.parent.parent.name for p in federation.glob(f"*/fold_{fold}/{name}"))  # <run>/fold_F/file
     if not found:
         raise PredictionError(f"{federation}: no trained runs for fold {fold}. Fix: run mucald_train first.")
     return found
 
 
-main, entry = entry_points(app, DATASET_FLAGS)
+main, entry = entry_points(app, (*DATASET_FLAGS, "--federation"))
 
 if __name__ == "__main__":
     entry()

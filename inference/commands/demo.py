@@ -19,7 +19,7 @@ from rich.table import Table
 
 from inference.commands import evaluate, predict
 from mucald_unet.commands import train
-from mucald_unet.config import Method
+from mucald_unet.config import Method, TrainingConfig
 from planners.commands import plan_and_preprocess
 from preprocessing.cli_support import entry_points
 from preprocessing.commands import make_demo, verify
@@ -51,14 +51,15 @@ def demo(
           ["--raw", str(raw), "--preprocessed", str(pre), "-d", *datasets])
     stage("mucald_train", train.main, ["--preprocessed", str(pre), "--results", str(res), "-d", *datasets,
                                        "--rounds", str(rounds), "--iters", str(iters), "--method", method.value,
-                                       "--seed", str(seed)])
+                                       "--seed", str(seed), "--overwrite"])
+    run_name = TrainingConfig(method=method, rounds=rounds, iterations_per_epoch=iters, seed=seed).run_name
     summaries = {}
     for dataset in datasets:
         folder = find_dataset_folder(raw, dataset)
         predicted = preds / folder.name
         stage("mucald_predict", predict.main, ["-d", dataset, "-i", str(folder / "imagesTs"), "-o", str(predicted),
                                                "--preprocessed", str(pre), "--results", str(res),
-                                               "--run", method.value])
+                                               "--run", run_name])
         stage("mucald_evaluate", evaluate.main, ["-ref", str(folder / "labelsTs"), "-pred", str(predicted),
                                                  "-d", dataset, "--raw", str(raw)])
         summaries[folder.name] = json.loads((predicted / "evaluation" / "summary.json").read_text())

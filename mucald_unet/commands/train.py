@@ -86,7 +86,14 @@ def train(
     capture_clients: Annotated[Optional[str], typer.Option(
         "--capture-clients", help="Comma-separated dataset ids of the clients to capture (default: all).")] = None,
     device: Annotated[Device, typer.Option("--device", help="auto uses CUDA when available.")] = Device.auto,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue from the run's last checkpoint.")] = False,
+    federation: Annotated[Optional[list[str]], typer.Option(
+        "--federation", help="Train the -d clients under this federation's plan (its dataset ids, e.g. "
+        "--federation 1 2 3); default: the plan of exactly the -d datasets. The run folder then names the "
+        "clients (clients-2).")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run's last checkpoint; give the flags it "
+                                                          "was started with (they name its folder).")] = False,
+    overwrite: Annotated[bool, typer.Option(
+        "--overwrite", help="Discard a run already in the run folder and start again.")] = False,
 ) -> None:
     """Train; checkpoints, log, curves and the message manifest land in the run's results folder."""
     chosen_device = resolve_device(device)
@@ -94,25 +101,26 @@ def train(
                             local_epochs=local_epochs, iterations_per_epoch=iters, fold=fold, seed=seed,
                             device=chosen_device, aggregation=aggregation.value, fedprox_mu=fedprox_mu,
                             local_norms=local_norms,
-                            optimizer=OptimizerConfig(lr=lr, aux_lr=lr / 2),
+                            optimizer=OptimizerConfig(lr=lr),
                             crdm=CrdmConfig(eval_timestep=eval_timestep), defence=DefenceConfig.parse(defence))
-    plans_path = find_plans(preprocessed_root(preprocessed), datasets)
+    plans_path = find_plans(preprocessed_root(preprocessed), datasets, federation)
     names = client_names(plans_path, datasets)
-    run_folder = run_folder_for(results_root(results), plans_path, config)
+    run_folder = run_folder_for(results_root(results), plans_path, config, names)
     console = Console(highlight=False)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("eta"),
                   TimeRemainingColumn(), console=console) as progress:
         trainer = FederatedTrainer(plans_path, names, config, run_folder, RichTrainingReporter(progress, rounds),
                                    capture=_capture_request(plans_path, names, capture_round, capture_clients))
-        summary = trainer.run(resume=resume)
-    table = Table(title=f"{config.run_name}, fold {fold}: validation Dice after round {summary.rounds_done}")
+        summary = trainer.run(resume=resume, overwrite=overwrite)
+    table = Table(title=f"{run_folder.parent.name}, fold {fold}: validation Dice after round {summary.rounds_done}")
     table.add_column("client")
     table.add_column("mean Dice", justify="right")
     for name, dice in summary.final_dice.items():
         table.add_row(name, f"{dice:.3f}")
     console.print(table)
-    console.print(f"best mean Dice {summary.best_score:.3f}; run folder: {summary.run_folder}")
+    console.print(f"best mean Dice {summary.best_score:.3f}; run folder: {summary.run_folder} "
+                  f"(mucald_predict --run {run_folder.parent.name})")
 
 
 def _capture_request(plans_path, names: list[str], round_number: int | None,
@@ -125,7 +133,7 @@ def _capture_request(plans_path, names: list[str], round_number: int | None,
     return CaptureRequest(frozenset(chosen), round_number - 1)
 
 
-main, entry = entry_points(app, DATASET_FLAGS)
+main, entry = entry_points(app, (*DATASET_FLAGS, "--federation"))
 
 if __name__ == "__main__":
     entry()

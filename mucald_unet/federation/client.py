@@ -86,7 +86,7 @@ class SplitClient:
         opt = self.config.optimizer
         groups = [{"params": main, "lr": opt.lr, "name": "networks"}]
         if aux:
-            groups.append({"params": aux, "lr": opt.aux_lr, "name": "causal"})
+            groups.append({"params": aux, "lr": opt.encoder_lr, "name": "causal"})
         return torch.optim.AdamW(groups, weight_decay=opt.weight_decay, fused=True)
 
     def trainable_modules(self) -> dict[str, nn.Module]:

@@ -33,7 +33,8 @@ def test_datasets_outside_the_plan_and_bad_ablations_are_refused(tiny_federation
                                                                  capsys: pytest.CaptureFixture) -> None:
     preprocessed = str(tiny_federation.parent.parent)
     assert main(["-d", "1", "7", "--preprocessed", preprocessed, "--results", str(tmp_path)]) == 1
-    assert "no plans for datasets 1, 7" in capsys.readouterr().err
+    err = " ".join(capsys.readouterr().err.split())
+    assert "no Federation_001_007 (federations found: Federation_001_002_003 (datasets 1, 2, 3))" in err
     assert main(["-d", "1", "--preprocessed", preprocessed, "--results", str(tmp_path), "--ablate", "no-magic"]) == 1
     assert "unknown ablation 'no-magic'" in capsys.readouterr().err
     assert main(["-d", "1", "--preprocessed", preprocessed, "--results", str(tmp_path), "--method", "splitfed",
