@@ -10,7 +10,6 @@ records every message in a manifest.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -18,7 +17,8 @@ from typing import Protocol
 import torch
 
 from mucald_unet.federation.messages import Direction, ManifestEntry, Message
-from preprocessing.atomic import atomic_output, write_text_atomic
+from mucald_unet.training.run_log import RunLog
+from preprocessing.atomic import atomic_output
 
 
 class ServerEndpoint(Protocol):
@@ -104,8 +104,7 @@ class CapturingTransport:
 
 
 def append_manifest(path: Path, entries: list[ManifestEntry]) -> None:
-    """Append entries as JSON lines; rewritten atomically so a crash never leaves half a line."""
-    path = Path(path)
-    old = path.read_text(encoding="utf-8") if path.is_file() else ""
-    new = "".join(json.dumps(e.to_dict()) + "\n" for e in entries)
-    write_text_atomic(path, old + new)
+    """Append entries as JSON lines to the end of the file (earlier rounds are never rewritten),
+    durably, through ``RunLog``: a line torn by a crash is cut off before the next append, and a
+    resumed run truncates the manifest to its checkpoint's rounds like the log."""
+    RunLog(path).extend(e.to_dict() for e in entries)

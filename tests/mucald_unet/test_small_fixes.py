@@ -3,6 +3,7 @@ mirroring only what training mirrored, and a refused out-of-range evaluation tim
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -17,6 +18,12 @@ from mucald_unet.crdm.noise_schedule import NoiseSchedule
 from mucald_unet.defences.distance_correlation import u_distance_correlation_sqr
 from mucald_unet.defences.nopeek import nopeek_loss, tiles
 from mucald_unet.errors import TrainingError
+from mucald_unet.federation.messages import Direction, Kind, ManifestEntry, Message
+from mucald_unet.federation.transport import append_manifest
+from mucald_unet.training.run_log import RunLog
+from mucald_unet.training.trainer import MANIFEST_FILE, FederatedTrainer, run_folder_for
+from tests.conftest import CLIENTS
+from tests.mucald_unet.conftest import quick_config
 from planners.plans import DiffusionPlan
 
 
@@ -39,6 +46,52 @@ def test_importing_a_command_turns_the_hub_offline_before_diffusers_reads_it(mod
 
 def test_a_users_own_hub_offline_value_wins() -> None:
     assert _offline_after_import("mucald_unet.commands.train", "0") == "False False"
+
+
+# ---- the manifest is appended -------------------------------------------------------------------
+def _entries(round_index: int, steps: int = 3) -> list[ManifestEntry]:
+    return [ManifestEntry.of(Message("Dataset001_A", Kind.FEATURES, "split1", round_index, step,
+                                     {"features": torch.zeros(2, 8, 4, 4)}), Direction.TO_SERVER)
+            for step in range(steps)]
+
+
+def _rounds(path: Path) -> list[int]:
+    return [json.loads(line)["round"] for line in path.read_text().splitlines()]
+
+
+def test_appending_a_round_leaves_the_earlier_rounds_bytes_in_place(tmp_path: Path) -> None:
+    path = tmp_path / MANIFEST_FILE
+    append_manifest(path, _entries(0))
+    before, inode = path.read_bytes(), path.stat().st_ino
+    append_manifest(path, _entries(1))
+    assert path.stat().st_ino == inode  # the same file, appended to (a rewrite would replace it)
+    assert path.read_bytes()[:len(before)] == before
+    assert _rounds(path) == [0, 0, 0, 1, 1, 1]
+
+
+def test_a_line_torn_by_a_crash_is_cut_off_before_the_next_round(tmp_path: Path) -> None:
+    path = tmp_path / MANIFEST_FILE
+    append_manifest(path, _entries(0))
+    with open(path, "ab") as handle:
+        handle.write(b'{"round": 1, "step": 0, "cli')  # the crash hit mid-line
+    append_manifest(path, _entries(1, steps=1))
+    assert _rounds(path) == [0, 0, 0, 1]
+
+
+def test_a_resumed_run_keeps_only_the_manifest_of_its_checkpointed_rounds(tiny_federation: Path,
+                                                                          tmp_path: Path) -> None:
+    config = quick_config(method="splitfed", rounds=1, iterations=1)
+    folder = run_folder_for(tmp_path, tiny_federation, config)
+    FederatedTrainer(tiny_federation, CLIENTS, config, folder).run()
+    path = folder / MANIFEST_FILE
+    trained = path.read_bytes()
+    assert set(_rounds(path)) == {0}
+    append_manifest(path, _entries(1))  # a round that crashed before its checkpoint ...
+    with open(path, "ab") as handle:
+        handle.write(b'{"round": 1, "st')  # ... part-way through a line
+    FederatedTrainer(tiny_federation, CLIENTS, config, folder).run(resume=True)
+    assert path.read_bytes() == trained
+    assert RunLog(path).records() == [json.loads(line) for line in trained.splitlines()]
 
 
 # ---- NoPeek ----------------------------------------------------------------------------------------
