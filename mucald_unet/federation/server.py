@@ -97,10 +97,20 @@ class SplitServer:
         return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
     # ---- message dispatch -------------------------------------------------------------------
+    # what each understood message must carry; a malformed one is refused by name, not a KeyError
+    _REQUIRED = {(Kind.REPORT, "join"): ((), ("num_samples",)), (Kind.FEATURES, "split1"): (("features",), ()),
+                 (Kind.GRADIENT, "split2"): (("gradient",), ()), (Kind.REPORT, "round"): ((), ("num_samples",))}
+
     def handle(self, message: Message) -> Message:
         if message.client not in self.clients:
             raise TrainingError(f"message from unknown client {message.client!r}")
         key = (message.kind, message.name)
+        tensors, scalars = self._REQUIRED.get(key, ((), ()))
+        for what, names, present in (("tensor", tensors, message.tensors), ("scalar", scalars, message.scalars)):
+            missing = [n for n in names if n not in present]
+            if missing:
+                raise TrainingError(f"{message.kind.value}/{message.name} from {message.client} carries no "
+                                    f"{what} {missing[0]!r}; the client and server versions do not match.")
         if key == (Kind.REPORT, "join"):
             self.num_samples[message.client] = int(message.scalars["num_samples"])
             return self._ack(message)
