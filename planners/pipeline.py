@@ -3,6 +3,8 @@
 verify -> fingerprint + proxies (one pass over the raw cases) -> causal graph -> plans ->
 preprocess. Each client's fingerprint, proxy table and preprocessed cases live in that client's
 own folder; the federation's ``plans.json`` sits above them and holds no per-case values.
+A rerun redoes cases made with other settings and deletes case files the dataset no longer has;
+``expected_cases`` tells later stages what a client's cases folder must hold.
 """
 
 from __future__ import annotations
@@ -15,11 +17,14 @@ from typing import Protocol
 import numpy as np
 
 from planners.causal_graph import learn_causal_graph
-from planners.fingerprint import CaseFingerprint, combine_fingerprints, fingerprint_case
+from planners.errors import PlanError
+from planners.fingerprint import CaseFingerprint, combine_fingerprints, fingerprint_case, load_fingerprint
+from planners.locate import plan_command
 from planners.node_selection import select_nodes
 from planners.planner import ClientFacts, PlannerConfig, make_plans
 from planners.plans import PLANS_FILE, CausalGraphPlan, ClientPlan, Plans, save_plans
 from planners.proxies import ProxyTable, case_proxies
+from preprocessing.case_store import ExpectedCases, remove_orphans
 from preprocessing.dataset import RawDataset
 from preprocessing.errors import DatasetError
 from preprocessing.integrity import verify_dataset
@@ -66,6 +71,21 @@ def federation_folder(preprocessed_root: Path, datasets: list[RawDataset]) -> Pa
 def client_cases_folder(plans_path: Path, client: ClientPlan) -> Path:
     """Preprocessed training cases of a client (test cases are read raw by the predictor)."""
     return Path(plans_path).parent / client.folder / CASES_FOLDER
+
+
+def expected_cases(plans_path: Path, plans: Plans, dataset_name: str) -> ExpectedCases:
+    """What a client's cases folder must hold under this plan: its settings digest and case ids.
+
+    The ids are the client's fingerprinted cases (None when the fingerprint cannot be read);
+    the fix names the command that plans this federation again.
+    """
+    client = plans.client(dataset_name)
+    try:
+        ids = frozenset(c["case_id"] for c in load_fingerprint(Path(plans_path).parent / client.folder)["cases"])
+    except (OSError, ValueError, KeyError, TypeError, PlanError):
+        ids = None
+    fix = plan_command(list(plans.clients), Path(plans_path).parent.parent)
+    return ExpectedCases(client.case_preprocessing().digest(), ids, fix)
 
 
 def plan_and_preprocess(config: PipelineConfig, reporter: Reporter = SilentReporter()) -> Path:
@@ -134,6 +154,9 @@ def _preprocess_client(dataset: RawDataset, plans: Plans, plans_path: Path, conf
                        reporter: Reporter) -> None:
     client = plans.client(dataset.name)
     case_config = client.case_preprocessing()
+    folder = client_cases_folder(plans_path, client)
     reporter.stage(f"preprocess {dataset.name}", len(dataset.case_ids("Tr")))
-    preprocess_dataset(dataset, case_config, client_cases_folder(plans_path, client), "Tr",
-                       config.num_processes, config.overwrite, on_case=lambda _c, _s: reporter.advance())
+    if folder.is_dir():  # cases of removed raw files, and halves of interrupted writes
+        remove_orphans(folder, dataset.case_ids("Tr"))
+    preprocess_dataset(dataset, case_config, folder, "Tr", config.num_processes, config.overwrite,
+                       on_case=lambda _c, _s: reporter.advance())
