@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from mucald_unet.training.data import PatchSampler, TrainingCase, fold_split, list_case_ids, load_training_cases
-from planners.pipeline import client_cases_folder
-from planners.plans import ClientPlan
+from planners.pipeline import client_cases_folder, expected_cases
+from planners.plans import ClientPlan, load_plans
 
 
 @dataclass(frozen=True)
@@ -47,8 +47,10 @@ class ClientAuditData:
 def load_audit_data(plans_path: Path, plan: ClientPlan, fold: int, max_private: int, aux_patches: int,
                     seed: int) -> ClientAuditData:
     folder = client_cases_folder(plans_path, plan)
-    train_ids, held_out_ids = fold_split(list_case_ids(folder), fold, source=folder)
-    members, non_members = load_training_cases(folder, train_ids), load_training_cases(folder, held_out_ids)
+    expected = expected_cases(plans_path, load_plans(plans_path), plan.dataset_name)
+    train_ids, held_out_ids = fold_split(list_case_ids(folder, expected), fold, source=folder)
+    members = load_training_cases(folder, train_ids, expected)
+    non_members = load_training_cases(folder, held_out_ids, expected)
     rng = np.random.default_rng(seed)
     attacked = [members[i] for i in sorted(rng.choice(len(members), min(max_private, len(members)), replace=False))]
     private = np.stack([_patch(case, plan, rng, foreground=True) for case in attacked])

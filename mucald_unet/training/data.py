@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 import numpy as np
 from sklearn.model_selection import KFold
 
-from preprocessing.case_store import case_paths, load_case
+from preprocessing.case_store import ExpectedCases, case_paths, check_case, check_folder, load_case
 from preprocessing.errors import DatasetError
 
 PREPROCESS_FIX = "run mucald_plan_and_preprocess for this dataset"
@@ -51,14 +51,24 @@ def fold_split(case_ids: Sequence[str], fold: int, num_folds: int = 5, seed: int
     return [ids[i] for i in train_idx], [ids[i] for i in val_idx]
 
 
-def list_case_ids(cases_folder: Path) -> list[str]:
-    """Ids of the finished preprocessed cases in a folder (a ``.json`` with its ``.npz``), sorted."""
+def list_case_ids(cases_folder: Path, expected: ExpectedCases | None = None) -> list[str]:
+    """Ids of the finished preprocessed cases in a folder (a ``.json`` with its ``.npz``), sorted.
+
+    With ``expected`` (what the plan says the folder holds) a stale case, half a case or a case
+    the dataset no longer has stops training instead of being trained on silently.
+    """
     folder = Path(cases_folder)
+    fix = f"run {expected.fix}" if expected is not None else f"{PREPROCESS_FIX}."
     if not folder.is_dir():
-        raise DatasetError(f"{folder}: preprocessed cases folder does not exist. Fix: {PREPROCESS_FIX}.")
+        raise DatasetError(f"{folder}: preprocessed cases folder does not exist. Fix: {fix}")
+    if expected is not None:
+        check_folder(folder, expected)
     ids = sorted(p.stem for p in folder.glob("*.json") if case_paths(folder, p.stem)[0].is_file())
     if not ids:
-        raise DatasetError(f"{folder}: holds no preprocessed cases. Fix: {PREPROCESS_FIX}.")
+        raise DatasetError(f"{folder}: holds no preprocessed cases. Fix: {fix}")
+    if expected is not None:
+        for case_id in ids:
+            check_case(folder, case_id, expected)
     return ids
 
 
@@ -72,10 +82,14 @@ class TrainingCase:
     foreground: dict[int, np.ndarray]  # label value -> (n, ndim) voxel coordinates, non-empty only
 
 
-def load_training_cases(cases_folder: Path, case_ids: Sequence[str]) -> list[TrainingCase]:
-    """Load labelled cases; an unlabelled or malformed case stops training before it starts."""
+def load_training_cases(cases_folder: Path, case_ids: Sequence[str],
+                        expected: ExpectedCases | None = None) -> list[TrainingCase]:
+    """Load labelled cases; an unlabelled, malformed or (with ``expected``) stale case stops
+    training before it starts."""
     cases = []
     for case_id in case_ids:
+        if expected is not None:
+            check_case(Path(cases_folder), case_id, expected)
         case = load_case(Path(cases_folder), case_id)
         arrays_path = case_paths(Path(cases_folder), case_id)[0]
         if case.label is None:
