@@ -30,7 +30,7 @@ from mucald_unet.training.curves import plot_training_curves
 from mucald_unet.training.data import fold_split, list_case_ids, load_training_cases
 from mucald_unet.training.proxy_targets import ProxyTargets
 from mucald_unet.training.run_log import RunLog
-from planners.pipeline import PROXIES_FILE, client_cases_folder
+from planners.pipeline import PROXIES_FILE, client_cases_folder, expected_cases
 from planners.plans import Plans, load_plans
 from preprocessing.atomic import write_json_atomic
 
@@ -130,13 +130,15 @@ class FederatedTrainer:
     def _client_data(self, name: str) -> ClientData:
         plan = self.plans.client(name)
         folder = client_cases_folder(self.plans_path, plan)
+        expected = expected_cases(self.plans_path, self.plans, name)  # stale or orphaned cases stop here
         if name in self.case_selection:
             train_ids, val_ids = self.case_selection[name].train, self.case_selection[name].validation
         else:
-            train_ids, val_ids = fold_split(list_case_ids(folder), self.config.fold, source=folder)
+            train_ids, val_ids = fold_split(list_case_ids(folder, expected), self.config.fold, source=folder)
         proxies = ProxyTargets.load(folder.parent / PROXIES_FILE, plan.causal_graph,
                                     self.plans.federation.causal.num_nodes)
-        return ClientData(load_training_cases(folder, train_ids), load_training_cases(folder, val_ids), proxies)
+        return ClientData(load_training_cases(folder, train_ids, expected),
+                          load_training_cases(folder, val_ids, expected), proxies)
 
     # ---- the loop ---------------------------------------------------------------------------
     def run(self, resume: bool = False) -> TrainingSummary:
