@@ -128,8 +128,10 @@ class Predictor:
     # ---- the network stage ------------------------------------------------------------------
     @property
     def mirror_axes(self) -> tuple[int, ...]:
-        """The patch axes training mirrored (all of them, unless mirroring was switched off)."""
-        if not self.settings.mirror or self.model.config.augmentation.p_mirror <= 0:
+        """The patch axes training mirrored: all of them, or none when the run trained without
+        augmentation (``enabled`` false) or without mirroring (``p_mirror`` 0), or TTA is off."""
+        augmentation = self.model.config.augmentation
+        if not self.settings.mirror or not augmentation.enabled or augmentation.p_mirror <= 0:
             return ()
         return tuple(range(len(self.plan.patch_size)))
 
