@@ -190,12 +190,14 @@ class SplitClient:
 
     # ---- round end --------------------------------------------------------------------------
     def send_round_report(self, round_index: int, terms: dict[str, float], val_loss: float | None) -> None:
-        """Shared weights and scalars for aggregation; ``val_loss`` is the last one measured (None in
-        the first round, which makes causal-invariant fusion fall back to equal weights)."""
-        proxy = [terms[k] for k in ("proxy1", "proxy2") if k in terms]
-        val_loss = float("nan") if val_loss is None else val_loss
-        scalars = {"num_samples": float(len(self.data.train)), "val_loss": val_loss,
-                   "proxy_mse": float(np.mean(proxy)) if proxy else float("nan")}
+        """Shared weights and scalars for aggregation: the sample count, plus the label-derived
+        ``proxy_mse`` and ``val_loss`` only when causal-invariant fusion weighs clients by them.
+        ``val_loss`` is the last one measured (None in the first round: fusion then weighs equally)."""
+        scalars = {"num_samples": float(len(self.data.train))}
+        if self.config.aggregation == "causal":
+            proxy = [terms[k] for k in ("proxy1", "proxy2") if k in terms]
+            scalars["val_loss"] = float("nan") if val_loss is None else val_loss
+            scalars["proxy_mse"] = float(np.mean(proxy)) if proxy else float("nan")
         if self.splits:
             shared = {f"{name}.{k}": v for name, split in self.splits.items() for k, v in split.shared_state().items()}
             self.transport.request(Message(self.name, Kind.WEIGHTS, "shared", round_index, VALIDATION_STEP, shared))
