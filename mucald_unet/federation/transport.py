@@ -17,8 +17,8 @@ from typing import Protocol
 import torch
 
 from mucald_unet.federation.messages import Direction, ManifestEntry, Message
+from mucald_unet.training.checkpoint import save_plain
 from mucald_unet.training.run_log import RunLog
-from preprocessing.atomic import atomic_output
 
 
 class ServerEndpoint(Protocol):
@@ -97,10 +97,9 @@ class CapturingTransport:
         return self.inner.drain_manifest()
 
     def save(self, path: Path) -> None:
-        """One torch file: a list of {"entry": manifest dict, "tensors": {name: tensor}}."""
-        records = [{"entry": entry.to_dict(), "tensors": tensors} for entry, tensors in self.captured]
-        with atomic_output(path) as tmp:
-            torch.save(records, tmp)
+        """One plain torch file (read it with ``load_plain``): a list of {"entry": manifest dict,
+        "tensors": {name: tensor}}."""
+        save_plain(path, [{"entry": entry.to_dict(), "tensors": tensors} for entry, tensors in self.captured])
 
 
 def append_manifest(path: Path, entries: list[ManifestEntry]) -> None:

@@ -192,10 +192,18 @@ def seed_augmentation(seed: int) -> None:
 
 
 def augmentation_rng_state() -> dict[str, Any]:
-    """Both global generator states, picklable, for a checkpoint."""
-    return {"numpy": np.random.get_state(), "python": random.getstate()}
+    """Both global generator states as plain dicts, lists and numbers, so that a checkpoint holding
+    them loads with ``torch.load(weights_only=True)`` (numpy's own state carries an ndarray)."""
+    numpy_state = np.random.get_state(legacy=False)
+    version, internal, gauss = random.getstate()
+    return {"numpy": {"bit_generator": str(numpy_state["bit_generator"]),
+                      "state": {"key": numpy_state["state"]["key"].tolist(),
+                                "pos": int(numpy_state["state"]["pos"])},
+                      "has_gauss": int(numpy_state["has_gauss"]), "gauss": float(numpy_state["gauss"])},
+            "python": {"version": version, "internal": list(internal), "gauss": gauss}}
 
 
 def restore_augmentation_rng_state(state: Mapping[str, Any]) -> None:
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
+    np.random.set_state(dict(state["numpy"]))  # numpy accepts the dict form, key as a list
+    python = state["python"]
+    random.setstate((python["version"], tuple(python["internal"]), python["gauss"]))

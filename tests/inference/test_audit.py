@@ -18,7 +18,7 @@ from inference.commands.audit import main as audit_main
 from inference.model import load_client_model
 from mucald_unet.federation.messages import Direction, Kind
 from mucald_unet.federation.transport import CaptureRequest
-from mucald_unet.training.checkpoint import FINAL
+from mucald_unet.training.checkpoint import FINAL, load_plain
 from mucald_unet.training.data import TrainingCase
 from mucald_unet.training.trainer import FederatedTrainer, capture_file, run_folder_for
 from planners.plans import load_plans
@@ -139,7 +139,7 @@ def test_capture_keeps_every_tensor_of_the_chosen_clients_and_round(trained_run:
     capture = CaptureRequest(frozenset({FETAL}), round=1)
     run = FederatedTrainer(trained_run.plans_path, CLIENTS, quick_config(rounds=2), tmp_path, capture=capture)
     run.run()
-    records = torch.load(tmp_path / capture_file(1), weights_only=False)
+    records = load_plain(tmp_path / capture_file(1))
     manifest = [json.loads(line) for line in (tmp_path / "manifest.jsonl").read_text().splitlines()]
     expected = [m for m in manifest if m["client"] == FETAL and m["round"] == 1]
     assert [r["entry"] for r in records] == expected
