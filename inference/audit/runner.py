@@ -23,7 +23,7 @@ from inference.model import ModelSource, TrainedClientModel, load_client_model
 from inference.predictor import PredictionSettings, Predictor
 from mucald_unet.defences.distance_correlation import u_distance_correlation_sqr
 from mucald_unet.training.checkpoint import FINAL
-from mucald_unet.training.trainer import CaseSelection, FederatedTrainer
+from mucald_unet.training.trainer import CaseSelection, FederatedTrainer, run_is_finished
 from planners.plans import load_plans
 from preprocessing.atomic import atomic_output, write_json_atomic
 
@@ -181,9 +181,10 @@ def _shadow_statistics(model: TrainedClientModel, population: list, inside: np.n
     train = tuple(c.case_id for c, keep in zip(population, inside) if keep)
     held_out = tuple(c.case_id for c, keep in zip(population, inside) if not keep)[:2]
     shadow_config = replace(model.config, seed=config.seed + 1 + index, device=config.device)
-    if not (folder / FINAL).is_file():
+    if not run_is_finished(folder):  # a shadow killed mid-run has a checkpoint but is no shadow yet
         FederatedTrainer(target.plans_path, [target.client], shadow_config, folder,
-                         case_selection={target.client: CaseSelection(train, held_out)}).run()
+                         case_selection={target.client: CaseSelection(train, held_out)}
+                         ).run(resume=(folder / FINAL).is_file())
     shadow = load_client_model(target.plans_path, target.client, folder / FINAL, config.device)
     predictor = Predictor(shadow, PredictionSettings(mirror=False, device=config.device))
     return statistics(predictor.predict_logits, population, model.plan.slice_axis)

@@ -169,15 +169,24 @@ def _refusal(path: Path, refused: list[str]) -> str:
 
 
 def check_compatible(checkpoint: Checkpoint, path: Path, config: dict[str, Any], digest: str) -> None:
-    """Refuse a checkpoint made under another plan or with other settings (rounds may grow)."""
+    """Refuse a checkpoint made under another plan or with other settings, the length included.
+
+    Only the device may change: the auxiliary warm-up, ramp and adversarial weight are defined
+    over the run's whole length, so a resumed run with other ``rounds`` would not equal any
+    uninterrupted run.
+    """
     if checkpoint.plans_digest != digest:
         raise TrainingError(f"{path} was trained under a different plans.json (digest "
                             f"{checkpoint.plans_digest}, now {digest}). Fix: start a new run without --resume "
                             "or restore the plan it was made with.")
-    ignore = {"rounds", "device"}
-    before = {k: v for k, v in checkpoint.config.items() if k not in ignore}
-    now = {k: v for k, v in config.items() if k not in ignore}
+    before = {k: v for k, v in checkpoint.config.items() if k != "device"}
+    now = {k: v for k, v in config.items() if k != "device"}
     changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
+    if "rounds" in changed:
+        raise TrainingError(f"{path} is a run of {before.get('rounds')} rounds; --rounds {now.get('rounds')} would "
+                            "shift its auxiliary warm-up, ramp and adversarial weight, which span the whole run. "
+                            f"Fix: resume with --rounds {before.get('rounds')}, or start a new run of "
+                            f"{now.get('rounds')} rounds without --resume.")
     if changed:
         details = "; ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in changed)
         raise TrainingError(f"{path} was made with other settings ({details}). Fix: resume with the same "

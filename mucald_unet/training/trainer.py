@@ -9,7 +9,7 @@ averaged weights back, a log record per client, the curves PNG, and the checkpoi
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -17,7 +17,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from mucald_unet.config import Method, TrainingConfig
+from mucald_unet.config import Method, TrainingConfig, compose_run_name
 from mucald_unet.errors import TrainingError
 from mucald_unet.federation.client import ClientData, SplitClient
 from mucald_unet.federation.server import SplitServer
@@ -31,6 +31,7 @@ from mucald_unet.training.data import fold_split, list_case_ids, load_training_c
 from mucald_unet.training.proxy_targets import ProxyTargets
 from mucald_unet.training.run_log import RunLog
 from planners.pipeline import PROXIES_FILE, client_cases_folder, expected_cases
+from planners.locate import dataset_number
 from planners.plans import Plans, load_plans
 from preprocessing.atomic import write_json_atomic
 
@@ -69,18 +70,51 @@ class TrainingSummary:
     best_score: float
 
 
+CAPTURE_GLOB = "capture_round*.pt"
+
+
 def capture_file(round_index: int) -> str:
     """``capture_round003.pt`` for the third round (round_index 2), as the log counts rounds."""
     return f"capture_round{round_index + 1:03d}.pt"
 
 
-def run_folder_for(results_root: Path, plans_path: Path, config: TrainingConfig) -> Path:
-    return run_folder(results_root, plans_path, config.run_name, config.fold)
+def run_name_for(config: TrainingConfig, clients: Sequence[str], planned_clients: Sequence[str]) -> str:
+    """The config's run name, plus ``clients-2-3`` when only some of the plan's clients train."""
+    subset = sorted(set(clients)) != sorted(set(planned_clients))
+    numbers = [f"clients-{'-'.join(str(dataset_number(c)) for c in sorted(clients))}"] if subset else []
+    return compose_run_name(config.identity_labels(), config.setting_labels() + numbers)
+
+
+def run_folder_for(results_root: Path, plans_path: Path, config: TrainingConfig,
+                   clients: Sequence[str] | None = None) -> Path:
+    """The folder of a run of ``clients`` (default: every planned client) with ``config``."""
+    planned = list(load_plans(plans_path).clients)
+    name = run_name_for(config, planned if clients is None else clients, planned)
+    return run_folder(results_root, plans_path, name, config.fold)
 
 
 def run_folder(results_root: Path, plans_path: Path, run_name: str, fold: int) -> Path:
-    """``<results>/<Federation_...>/<method[__ablations]>/fold_<F>``."""
-    return Path(results_root) / Path(plans_path).parent.name / run_name / f"fold_{fold}"
+    """``<results>/<Federation_...>/<run name>/fold_<F>``."""
+    return federation_results(results_root, plans_path) / run_name / f"fold_{fold}"
+
+
+def federation_results(results_root: Path, plans_path: Path) -> Path:
+    """``<results>/<Federation_...>``: the parent of every run folder of that plan."""
+    return Path(results_root) / Path(plans_path).parent.name
+
+
+def trained_runs(federation_folder: Path, fold: int, checkpoint: str = FINAL) -> list[str]:
+    """Names of the runs under ``federation_folder`` that hold ``checkpoint`` for ``fold``, sorted."""
+    return sorted(p.parent.parent.name for p in Path(federation_folder).glob(f"*/fold_{fold}/{checkpoint}"))
+
+
+def run_is_finished(folder: Path) -> bool:
+    """Whether the run in ``folder`` completed every round it was started with (not just saved one)."""
+    path = Path(folder) / FINAL
+    if not path.is_file():
+        return False
+    checkpoint = load_checkpoint(path)
+    return checkpoint.rounds_done >= int(checkpoint.config["rounds"])
 
 
 @dataclass(frozen=True)
@@ -141,9 +175,12 @@ class FederatedTrainer:
                           load_training_cases(folder, val_ids, expected), proxies)
 
     # ---- the loop ---------------------------------------------------------------------------
-    def run(self, resume: bool = False) -> TrainingSummary:
+    def run(self, resume: bool = False, overwrite: bool = False) -> TrainingSummary:
+        """Train to ``config.rounds``; ``resume`` continues the folder's run, ``overwrite`` discards it."""
+        if resume and overwrite:
+            raise TrainingError("--resume and --overwrite contradict each other. Fix: give one of them.")
         self.run_folder.mkdir(parents=True, exist_ok=True)
-        state = self._resume() if resume else self._fresh_start()
+        state = self._resume() if resume else self._fresh_start(overwrite)
         steps = self.config.iterations_per_round
         self.reporter.start(self.config.rounds * steps * len(self.clients),
                             state.rounds_done * steps * len(self.clients))
@@ -202,17 +239,39 @@ class FederatedTrainer:
         return records
 
     # ---- state ------------------------------------------------------------------------------
-    def _fresh_start(self) -> Checkpoint:
-        for stale in (FINAL, BEST, LOG_FILE, MANIFEST_FILE, CURVES_FILE):
-            (self.run_folder / stale).unlink(missing_ok=True)
-        write_json_atomic(self.run_folder / CONFIG_FILE, {"training": self.config.to_dict(),
+    def _fresh_start(self, overwrite: bool) -> Checkpoint:
+        """Start at round 0; a folder holding another run's checkpoint is refused unless ``overwrite``."""
+        if not overwrite and any((self.run_folder / name).is_file() for name in (FINAL, BEST)):
+            raise TrainingError(f"{self.run_folder} already holds a run ({self._describe_existing()}). Fix: "
+                                "add --resume to continue it, or --overwrite to discard it and start again.")
+        stale = [self.run_folder / name for name in (FINAL, BEST, LOG_FILE, MANIFEST_FILE, CURVES_FILE)]
+        for path in stale + sorted(self.run_folder.glob(CAPTURE_GLOB)):
+            path.unlink(missing_ok=True)
+        write_json_atomic(self.run_folder / CONFIG_FILE, {"run_name": self.run_folder.parent.name,
+                                                          "training": self.config.to_dict(),
                                                           "plans": str(self.plans_path),
                                                           "plans_digest": self.digest,
                                                           "clients": self.client_names})
         return Checkpoint(0, self.config.to_dict(), self.digest, {}, {}, {}, float("-inf"), [])
 
+    def _describe_existing(self) -> str:
+        """``4/10 rounds done`` of the run already in the folder, or why that cannot be read."""
+        try:
+            checkpoint = load_checkpoint(self.run_folder / (FINAL if (self.run_folder / FINAL).is_file() else BEST))
+        except TrainingError as err:
+            return f"unreadable checkpoint: {err}"
+        return f"{checkpoint.rounds_done}/{checkpoint.config.get('rounds')} rounds done"
+
     def _resume(self) -> Checkpoint:
         path = self.run_folder / FINAL
+        if not path.is_file():
+            others = [name for name in trained_runs(self.run_folder.parent.parent, self.config.fold)
+                      if name != self.run_folder.parent.name]
+            found = f"runs of this federation with a checkpoint: {', '.join(others)}" if others else "no other runs"
+            raise TrainingError(f"{self.run_folder}: no checkpoint to resume ({found}). --resume continues a run "
+                                "with exactly the flags it was started with, since they name its folder; a run "
+                                "cannot be lengthened, as its warm-up and ramp span its whole length. Fix: repeat "
+                                "the original flags with --resume, or drop --resume to start this run.")
         checkpoint = load_checkpoint(path, self.config.device)
         check_compatible(checkpoint, path, self.config.to_dict(), self.digest)
         if sorted(checkpoint.clients) != sorted(self.client_names):
