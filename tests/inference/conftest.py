@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from mucald_unet.training.trainer import FederatedTrainer, run_folder_for
+from mucald_unet.training.trainer import FederatedTrainer, run_folder
 from tests.conftest import CLIENTS
 from tests.mucald_unet.conftest import quick_config
 
@@ -27,6 +27,7 @@ class TrainedRun:
 def trained_run(tiny_federation: Path, tmp_path_factory: pytest.TempPathFactory) -> TrainedRun:
     results = tmp_path_factory.mktemp("results")
     config = quick_config(rounds=1, iterations=2)
-    FederatedTrainer(tiny_federation, CLIENTS, config, run_folder_for(results, tiny_federation, config)).run()
+    # named like a default run so that tests can say --run mucald (its real name carries the short budget)
+    FederatedTrainer(tiny_federation, CLIENTS, config, run_folder(results, tiny_federation, "mucald", 0)).run()
     preprocessed = tiny_federation.parent.parent
     return TrainedRun(preprocessed.parent / "raw", preprocessed, results, tiny_federation)

@@ -20,7 +20,7 @@ from mucald_unet.federation.messages import Direction, Kind
 from mucald_unet.federation.transport import CaptureRequest
 from mucald_unet.training.checkpoint import FINAL, load_plain
 from mucald_unet.training.data import TrainingCase
-from mucald_unet.training.trainer import FederatedTrainer, capture_file, run_folder_for
+from mucald_unet.training.trainer import FederatedTrainer, capture_file, run_folder
 from planners.plans import load_plans
 from tests.conftest import CLIENTS
 from tests.inference.conftest import TrainedRun
@@ -33,7 +33,7 @@ FETAL = "Dataset003_DemoFetalUS"
 def splitfed_run(trained_run: TrainedRun) -> Path:
     """An undefended splitfed run of the tiny federation (1 round x 2 iterations): its checkpoint."""
     config = quick_config(method="splitfed")
-    folder = run_folder_for(trained_run.results, trained_run.plans_path, config)
+    folder = run_folder(trained_run.results, trained_run.plans_path, "splitfed", 0)  # --runs splitfed
     if not (folder / FINAL).is_file():
         FederatedTrainer(trained_run.plans_path, CLIENTS, config, folder).run()
     return folder / FINAL
@@ -125,7 +125,7 @@ def test_transmissions_are_fresh_draws_for_mucald_and_exact_for_splitfed(trained
     images = torch.from_numpy(fetal_data(trained_run).private)
     plain = load_client_model(trained_run.plans_path, FETAL, splitfed_run)
     assert torch.equal(transmitted(plain, images), undefended(plain, images))
-    source = run_folder_for(trained_run.results, trained_run.plans_path, quick_config()) / FINAL
+    source = run_folder(trained_run.results, trained_run.plans_path, "mucald", 0) / FINAL
     defended = load_client_model(trained_run.plans_path, FETAL, source)
     first, second = transmitted(defended, images), transmitted(defended, images)
     assert not torch.allclose(first, second)
