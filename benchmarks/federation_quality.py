@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks.reporting import REPO, emit_report, log
+from benchmarks.reporting import REPO, emit_report, goal_line, log, unmeasured_goal
 from benchmarks.train_step import Variant, ablation_variants, plan_federation, plan_table, prepare_demo
 from preprocessing.errors import MucaldError
 
@@ -232,23 +232,40 @@ def mean_over_seeds(runs: list[Run], results: dict[Run, dict], label: str, clien
 
 
 def goal_lines(runs: list[Run], results: dict[Run, dict], clients: tuple[str, ...]) -> list[str]:
-    lines = [f"Goals: mucald above splitfed on every client; mucald mean >= local mean + {GOAL_MARGIN_OVER_LOCAL}."]
+    """The quality goals, each judged on the Dice measured, or 'not measured' with the reason."""
+    above_goal = "mucald > splitfed on every client"
+    local_goal = f"mucald mean >= local mean + {GOAL_MARGIN_OVER_LOCAL}"
     mucald = {c: mean_over_seeds(runs, results, "mucald", c) for c in clients}
     splitfed = {c: mean_over_seeds(runs, results, "splitfed", c) for c in clients}
-    if None in mucald.values() or None in splitfed.values():
-        lines.append("- mucald vs splitfed: not evaluated (a method has no Dice for some client).")
+    reason = unmeasured_reason(runs, results, {"mucald": mucald, "splitfed": splitfed})
+    if reason:
+        lines = [unmeasured_goal(above_goal, reason)]
     else:
         above = all(mucald[c] > splitfed[c] for c in clients)
-        deltas = ", ".join(f"{short(c)} {mucald[c] - splitfed[c]:+.3f}" for c in clients)
-        lines.append(f"- mucald above splitfed on every client: {'met' if above else 'NOT met'} ({deltas})")
+        measured = ", ".join(f"{short(c)} {mucald[c]:.3f} vs {splitfed[c]:.3f}" for c in clients)
+        lines = [goal_line(above_goal, above, measured)]
     ours, local = (mean_over_seeds(runs, results, m, None) for m in ("mucald", "local"))
-    if ours is None or local is None:
-        lines.append("- mucald vs local: not evaluated (a method has no result).")
+    reason = unmeasured_reason(runs, results, {"mucald": {"any client": ours}, "local": {"any client": local}})
+    if reason:
+        lines.append(unmeasured_goal(local_goal, reason))
     else:
-        met = ours >= local + GOAL_MARGIN_OVER_LOCAL
-        lines.append(f"- mucald mean >= local mean + {GOAL_MARGIN_OVER_LOCAL}: {'met' if met else 'NOT met'} "
-                     f"(mucald {ours:.3f}, local {local:.3f}, difference {ours - local:+.3f})")
+        lines.append(goal_line(local_goal, ours >= local + GOAL_MARGIN_OVER_LOCAL,
+                               f"mucald {ours:.3f} vs local {local:.3f}, difference {ours - local:+.3f}"))
     return lines
+
+
+def unmeasured_reason(runs: list[Run], results: dict[Run, dict], values: dict[str, dict[str, float | None]]) -> str:
+    """Why a goal comparing these methods cannot be judged ('' when it can)."""
+    for label, by_client in values.items():
+        method_runs = [r for r in runs if r.variant.label == label]
+        if not method_runs:
+            return f"{label} did not run"
+        if all("error" in results[r] for r in method_runs):
+            return f"every {label} run failed"
+        missing = [short(c) for c, v in by_client.items() if v is None]
+        if missing:
+            return f"{label} has no Dice for {', '.join(missing)}"
+    return ""
 
 
 def last_round_terms(run: Run) -> dict[str, dict[str, float]]:

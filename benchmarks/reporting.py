@@ -1,5 +1,5 @@
 """What every benchmark shares: progress lines to stderr, child processes that answer with one JSON
-line, and the report to stdout and a file."""
+line, goal lines computed from what was measured, and the report to stdout and a file."""
 
 from __future__ import annotations
 
@@ -35,3 +35,13 @@ def run_json_child(cmd: list[str], threads: int) -> dict | None:
         log(f"    FAILED rc={result.returncode}:\n    " + "\n    ".join(result.stderr.splitlines()[-15:]))
         return None
     return json.loads(lines[-1])
+
+
+def goal_line(goal: str, met: bool, measured: str) -> str:
+    """``- goal mucald >= splitfed: met (0.710 vs 0.690)``: the verdict always comes with its numbers."""
+    return f"- goal {goal}: {'met' if met else 'NOT met'} ({measured})"
+
+
+def unmeasured_goal(goal: str, reason: str) -> str:
+    """``- goal mucald >= splitfed: not measured (mucald did not run)``: no verdict without a measurement."""
+    return f"- goal {goal}: not measured ({reason})"
