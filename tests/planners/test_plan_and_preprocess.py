@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -61,13 +62,18 @@ def test_label_derived_values_never_reach_the_plans_file(planned) -> None:
     assert repr(float(table.values[0, 0])) not in text
 
 
-def test_rerun_resumes_and_keeps_the_cases(planned, capsys) -> None:
+def test_rerun_resumes_and_keeps_the_cases(planned, capsys, monkeypatch: pytest.MonkeyPatch) -> None:
+    import preprocessing.runner
+
     root, plans_path = planned
     folder = client_cases_folder(plans_path, load_plans(plans_path).clients["Dataset003_DemoFetalUS"])
-    before = {p.name: p.stat().st_mtime_ns for p in folder.glob("*.npz")}
+    before = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.glob("*.npz")}
+    processed = []
+    monkeypatch.setattr(preprocessing.runner, "run_case", lambda job, *args: processed.append(job))
     assert main(["-d", "3", "1", "2", "--raw", str(root / "raw"), "--preprocessed", str(root / "pre"),
                  "-np", "1", "--target", "cpu"]) == 0
-    assert {p.name: p.stat().st_mtime_ns for p in folder.glob("*.npz")} == before
+    assert processed == []  # every case was complete: none processed again
+    assert before and {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.glob("*.npz")} == before
     assert "plans:" in capsys.readouterr().out
 
 
