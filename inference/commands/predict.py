@@ -56,7 +56,9 @@ def predict(
     run: Annotated[str, typer.Option("--run", help="Run folder name: the method, with __ablations if any "
                                                    "(e.g. splitfed, mucald__no-daca).")] = "mucald",
     fold: Annotated[int, typer.Option("--fold", min=0, help="Which fold's model.")] = 0,
-    checkpoint: Annotated[str, typer.Option("--checkpoint", help="best, final, or a checkpoint file.")] = "best",
+    checkpoint: Annotated[str, typer.Option("--checkpoint", help="best, final, or a file: a run's checkpoint or a "
+                                            "mucald_export model (read as plain weights; one that would run code "
+                                            "is refused).")] = "best",
     step_size: Annotated[float, typer.Option("--step-size", help="Window step as a fraction of the patch.")] = 0.5,
     no_tta: Annotated[bool, typer.Option("--no-tta", help="Skip test-time mirroring (2^axes times faster).")] = False,
     noise_samples: Annotated[int, typer.Option(
