@@ -24,9 +24,8 @@ import torch
 
 from inference.errors import PredictionError
 from inference.inputs import InputCase, discover_cases
-from inference.model import CHECKPOINT_ALIASES, ModelSource, TrainedClientModel, load_client_model
+from inference.model import ModelSource, TrainedClientModel, load_client_model
 from inference.windows import averaged_windows
-from mucald_unet.training.trainer import federation_results, trained_runs
 from mucald_unet.training.validation import predict_case_logits
 from planners.locate import client_names, find_client_plans
 from planners.plans import ClientPlan
@@ -106,16 +105,6 @@ def finish_case(probabilities: np.ndarray, properties: CaseProperties, resamplin
     return Prediction(full.argmax(axis=0).astype(dtype), properties.geometry, full if keep_probabilities else None)
 
 
-def _check_run_exists(results_root: Path, plans_path: Path, source: ModelSource) -> None:
-    """A mistyped ``--run`` names the runs that exist, since run names carry their settings."""
-    path = source.checkpoint_path(results_root, plans_path)
-    if source.checkpoint in CHECKPOINT_ALIASES and not path.is_file():
-        runs = trained_runs(federation_results(results_root, plans_path), source.fold, path.name)
-        raise PredictionError(f"{path}: no checkpoint for run {source.run!r}, fold {source.fold} (runs with one: "
-                              f"{', '.join(runs) or 'none'}). Fix: pass one of them with --run, or train it "
-                              "(mucald_train -d ...).")
-
-
 class Predictor:
     def __init__(self, model: TrainedClientModel, settings: PredictionSettings = PredictionSettings()) -> None:
         self.model = model
@@ -133,8 +122,7 @@ class Predictor:
         holding it, or ``federation``), with the weights ``source`` names under ``results_root``."""
         plans_path = find_client_plans(Path(preprocessed_root), [str(dataset)], federation)
         client = client_names(plans_path, [str(dataset)])[0]
-        _check_run_exists(Path(results_root), plans_path, source)
-        model = load_client_model(plans_path, client, source.checkpoint_path(Path(results_root), plans_path),
+        model = load_client_model(plans_path, client, source.existing_checkpoint(Path(results_root), plans_path),
                                   settings.device)
         return cls(model, settings)
 

@@ -53,8 +53,12 @@ def predict(
     preprocessed: Annotated[Optional[Path], typer.Option(
         "--preprocessed", help="Preprocessed folder with the plans (default: $MUCALD_PREPROCESSED).")] = None,
     results: Annotated[Optional[Path], typer.Option("--results", help="Results folder (default: $MUCALD_RESULTS).")] = None,
-    run: Annotated[str, typer.Option("--run", help="Run folder name: the method, with __ablations if any "
-                                                   "(e.g. splitfed, mucald__no-daca).")] = "mucald",
+    run: Annotated[str, typer.Option("--run", help="Run folder name, as mucald_train printed it: the method, "
+                                                   "ablations, defence and non-default settings (e.g. splitfed, "
+                                                   "mucald__no-daca, mucald__seed-1__agg-causal).")] = "mucald",
+    federation: Annotated[Optional[list[str]], typer.Option(
+        "--federation", help="The federation the client trained in, by its dataset ids (default: the one "
+        "plan that holds the client; needed when several do).")] = None,
     fold: Annotated[int, typer.Option("--fold", min=0, help="Which fold's model.")] = 0,
     checkpoint: Annotated[str, typer.Option("--checkpoint", help="best, final, or a file: a run's checkpoint or a "
                                             "mucald_export model (read as plain weights; one that would run code "
@@ -79,7 +83,8 @@ def predict(
                                   seed=seed, device=resolve_device(device))
     source = ModelSource(run=run, fold=fold, checkpoint=checkpoint)
     predictor = Predictor.from_trained(dataset, preprocessed_root=preprocessed_root(preprocessed),
-                                       results_root=results_root(results), source=source, settings=settings)
+                                       results_root=results_root(results), source=source, settings=settings,
+                                       federation=federation)
     options = BatchOptions(output, save_probabilities, num_processes, skip_existing=continue_prediction)
     console = Console(highlight=False, soft_wrap=True)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -105,7 +110,7 @@ def _print_summary(console: Console, result: BatchResult, predictor: Predictor, 
         console.print(f"{len(result.failures)} case(s) failed; fix them and rerun with --continue.")
 
 
-main, entry = entry_points(app, INPUT_FLAGS, FLAG_ALIASES)
+main, entry = entry_points(app, (*INPUT_FLAGS, "--federation"), FLAG_ALIASES)
 
 if __name__ == "__main__":
     entry()

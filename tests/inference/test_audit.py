@@ -19,7 +19,7 @@ from inference.commands.audit import main as audit_main
 from inference.model import load_client_model
 from mucald_unet.federation.messages import Direction, Kind
 from mucald_unet.federation.transport import CaptureRequest
-from mucald_unet.training.checkpoint import FINAL, load_plain
+from mucald_unet.training.checkpoint import FINAL, load_plain, save_plain
 from mucald_unet.training.data import TrainingCase
 from mucald_unet.training.trainer import FederatedTrainer, capture_file, run_folder
 from planners.plans import load_plans
@@ -180,3 +180,18 @@ def test_audit_refuses_runs_that_were_not_trained(trained_run: TrainedRun, tmp_p
                                                  capsys: pytest.CaptureFixture) -> None:
     assert audit_main(["-d", "3", "-o", str(tmp_path), *trained_run.cli_roots(), "--runs", "splitfed__nopeek-0.1"]) == 1
     assert "splitfed__nopeek-0.1" in capsys.readouterr().err
+
+
+def test_a_shadow_killed_before_its_last_round_is_finished_not_reused(trained_run: TrainedRun,
+                                                                     tmp_path: Path) -> None:
+    out = tmp_path / "audit"
+    argv = ["-d", "3", "-o", str(out), *trained_run.cli_roots(), "--runs", "mucald", "--attacks", "mia",
+            "--shadows", "2"]
+    assert audit_main(argv) == 0
+    shadow = AuditStore(out).shadow_folder("mucald", FETAL, 0) / FINAL
+    state = load_plain(shadow)
+    assert state["rounds_done"] == state["config"]["rounds"] == 1
+    save_plain(shadow, {**state, "rounds_done": 0})  # as a shadow whose run was killed would have left it
+    (out / "results" / "mucald" / FETAL / "mia.json").unlink()
+    assert audit_main(argv) == 0
+    assert load_plain(shadow)["rounds_done"] == 1  # trained to the end before it was scored

@@ -83,6 +83,6 @@ def test_nopeek_training_logs_its_term_and_lands_in_its_own_run_folder(tiny_fede
     config = quick_config(method="splitfed", defence=DefenceConfig.parse("nopeek:0.5"))
     folder = run_folder_for(tmp_path, tiny_federation, config)
     FederatedTrainer(tiny_federation, CLIENTS, config, folder).run()
-    assert folder.parent.name == "splitfed__nopeek-0.5"
+    assert folder.parent.name.startswith("splitfed__nopeek-0.5__")  # then the short test budget
     records = [json.loads(line) for line in (folder / LOG_FILE).read_text().splitlines()]
     assert all(np.isfinite(r["losses"]["nopeek"]) for r in records)

@@ -15,23 +15,11 @@ from mucald_unet.config import (MAX_RUN_NAME, AuxiliarySchedule, CrdmConfig, Los
                                 TrainingConfig)
 from mucald_unet.errors import TrainingError
 from mucald_unet.training.checkpoint import BEST, FINAL, load_checkpoint
-from mucald_unet.training.trainer import (CONFIG_FILE, LOG_FILE, FederatedTrainer, SilentTrainingReporter,
-                                          run_folder_for, run_is_finished)
+from mucald_unet.training.trainer import CONFIG_FILE, LOG_FILE, FederatedTrainer, run_folder_for, run_is_finished
 from planners.errors import PlanError
 from planners.locate import find_client_plans, find_plans
 from tests.conftest import CLIENTS
-from tests.mucald_unet.conftest import quick_config
-
-
-class CrashAfterRound(SilentTrainingReporter):
-    """Raises once round ``round_index`` is checkpointed: a process killed between rounds."""
-
-    def __init__(self, round_index: int) -> None:
-        self.round_index = round_index
-
-    def round_done(self, round_index: int, records: list[dict]) -> None:
-        if round_index == self.round_index:
-            raise KeyboardInterrupt("killed")
+from tests.mucald_unet.conftest import CrashAfterRound, quick_config
 
 
 def state_of(folder: Path) -> dict[str, torch.Tensor]:

@@ -16,7 +16,7 @@ def test_a_short_run_writes_its_run_folder(tiny_federation: Path, tmp_path: Path
     code = main(["-d", "1", "2", "3", "--preprocessed", str(preprocessed), "--results", str(tmp_path),
                  "--method", "mucald", "--ablate", "no-causal", "--rounds", "1", "--iters", "1", "--device", "cpu"])
     assert code == 0
-    run = tmp_path / tiny_federation.parent.name / "mucald__no-causal" / "fold_0"
+    run = tmp_path / tiny_federation.parent.name / "mucald__no-causal__rounds-1__iters-1" / "fold_0"
     config = json.loads((run / "config.json").read_text())
     assert config["training"]["ablations"] == ["no-causal"] and config["training"]["rounds"] == 1
     assert (run / "checkpoint_final.pt").is_file() and (run / "curves.png").is_file()
@@ -48,12 +48,13 @@ def test_defence_and_capture_flags(tiny_federation: Path, tmp_path: Path, capsys
                  "--defence", "gaussian:0.5", "--rounds", "1", "--iters", "1", "--capture-round", "1",
                  "--capture-clients", "3"])
     assert code == 0
-    run = tmp_path / tiny_federation.parent.name / "splitfed__gaussian-0.5" / "fold_0"
+    run = tmp_path / tiny_federation.parent.name / "splitfed__gaussian-0.5__rounds-1__iters-1" / "fold_0"
     assert (run / "capture_round001.pt").is_file()
     assert main(["-d", "1", "--preprocessed", preprocessed, "--results", str(tmp_path), "--defence", "blur:2"]) == 1
     assert "KIND:STRENGTH" in capsys.readouterr().err
-    assert main(["-d", "1", "--preprocessed", preprocessed, "--results", str(tmp_path), "--capture-clients", "1"]) == 1
+    assert main(["-d", "1", "2", "3", "--preprocessed", preprocessed, "--results", str(tmp_path),
+                 "--capture-clients", "1"]) == 1
     assert "--capture-round" in capsys.readouterr().err
-    assert main(["-d", "1", "--preprocessed", preprocessed, "--results", str(tmp_path), "--method", "local",
+    assert main(["-d", "1", "2", "3", "--preprocessed", preprocessed, "--results", str(tmp_path), "--method", "local",
                  "--capture-round", "1"]) == 1
     assert "no client/server boundary" in capsys.readouterr().err

@@ -17,7 +17,7 @@ from mucald_unet.training.checkpoint import BEST, FINAL, load_checkpoint
 from mucald_unet.training.trainer import CURVES_FILE, LOG_FILE, MANIFEST_FILE, FederatedTrainer
 from planners.plans import load_plans
 from tests.conftest import CLIENTS
-from tests.mucald_unet.conftest import quick_config
+from tests.mucald_unet.conftest import CrashAfterRound, quick_config
 
 
 def trainer(plans: Path, folder: Path, **config) -> FederatedTrainer:
@@ -231,7 +231,10 @@ def test_resume_refuses_other_settings_and_missing_checkpoints(tiny_federation: 
 
 def test_a_nan_loss_stops_the_round_names_the_term_and_keeps_the_last_checkpoint(
         tiny_federation: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    trainer(tiny_federation, tmp_path, rounds=1).run()
+    killed = FederatedTrainer(tiny_federation, CLIENTS, quick_config(rounds=2), tmp_path,
+                              reporter=CrashAfterRound(0))
+    with pytest.raises(KeyboardInterrupt):
+        killed.run()  # checkpointed round 1 of 2, then stopped
     run = trainer(tiny_federation, tmp_path, rounds=2)
     victim = run.clients[1]
     monkeypatch.setattr(victim, "seg_loss", lambda logits, labels: logits.sum() * float("nan"))
