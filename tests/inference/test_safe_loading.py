@@ -27,7 +27,6 @@ from mucald_unet.training.checkpoint import BEST, FINAL, load_checkpoint, load_p
 from mucald_unet.training.trainer import run_folder, run_folder_for, run_is_finished
 from tests.conftest import CLIENTS
 from tests.inference.conftest import TrainedRun
-from tests.mucald_unet.conftest import quick_config
 
 POLYP, LUNG, FETAL = CLIENTS
 REFUSED = "not a plain-weights mucald checkpoint"
