@@ -131,10 +131,9 @@ class Predictor:
     def mirror_axes(self) -> tuple[int, ...]:
         """The patch axes training mirrored: all of them, or none when the run trained without
         augmentation (``enabled`` false) or without mirroring (``p_mirror`` 0), or TTA is off."""
-        augmentation = self.model.config.augmentation
-        if not self.settings.mirror or not augmentation.enabled or augmentation.p_mirror <= 0:
+        if not self.settings.mirror:
             return ()
-        return tuple(range(len(self.plan.patch_size)))
+        return self.model.config.augmentation.mirrored_axes(len(self.plan.patch_size))
 
     @property
     def noise_draws(self) -> int:

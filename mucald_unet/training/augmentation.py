@@ -68,6 +68,10 @@ class AugmentationConfig:
             raise ValueError("scale_range must be positive and noise_variance non-negative, got "
                              f"{self.scale_range} and {self.noise_variance}")
 
+    def mirrored_axes(self, ndim: int) -> tuple[int, ...]:
+        """The patch axes training flips (all of them, or none): what test-time mirroring may undo."""
+        return tuple(range(ndim)) if self.enabled and self.p_mirror > 0 else ()
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (ranges as lists), recorded in the run's config."""
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
@@ -159,8 +163,8 @@ def build_augmentation(config: AugmentationConfig, patch_size: tuple[int, ...]) 
     if config.p_gamma > 0:
         transforms.append(GammaTransform(config.gamma_range, invert_image=False, per_channel=True,
                                          retain_stats=True, p_per_sample=config.p_gamma))
-    if config.p_mirror > 0:
-        transforms.append(AxisMirrorTransform(tuple(range(len(patch_size))), config.p_mirror))
+    if config.mirrored_axes(len(patch_size)):
+        transforms.append(AxisMirrorTransform(config.mirrored_axes(len(patch_size)), config.p_mirror))
     return BatchAugmentation(Compose(transforms), patch_size)
 
 
