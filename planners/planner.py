@@ -23,6 +23,7 @@ RGB_CHANNEL_NAMES = {"r", "g", "b", "red", "green", "blue", "rgb", "rgb_to_0_1"}
 NONZERO_MASK_BELOW = 0.75  # crop kept < 75% of the image: normalise inside the nonzero mask only
 BATCH_DATASET_SHARE = 0.05  # a batch covers at most 5% of a dataset's voxels
 MIN_BATCH = 2
+COARSENING_STEP = 1.05  # lowres search: spacing grows by 5% per step, as nnU-Net's 3d_lowres does
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,11 @@ class PlannerConfig:
     anisotropy_threshold: float = 3.0
     foreground_oversampling: float = 0.33
     diffusion_steps: int = 400
+    # A patch the budget shrinks below this share of the median image loses the context the
+    # task needs: the client is then planned at a coarser spacing (nnU-Net's lowres idea) ...
+    min_patch_coverage: float = 0.5
+    # ... at most this much coarser than its median spacing.
+    max_coarsening: float = 4.0
 
     @property
     def split_channels(self) -> int:
@@ -102,12 +108,13 @@ def make_plans(clients: list[ClientFacts], config: PlannerConfig = PlannerConfig
         slice_axes[name] = _slice_axis(full_spacing, full_shape, facts.native_dims, dims)
         spacing[name], shape[name] = full_spacing, full_shape
     warnings: list[str] = []
-    patches = {}
+    patches, notes = {}, {}
     for facts in clients:
         name = facts.fingerprint.dataset_name
-        view_spacing, view_shape = _view(spacing[name], slice_axes[name]), _view(shape[name], slice_axes[name])
-        patches[name] = _shrink_to_budget(view_spacing, view_shape, facts, config, dims, len(clients),
-                                          warnings)
+        resolution = _choose_resolution(spacing[name], shape[name], slice_axes[name], facts, config, dims,
+                                        len(clients), warnings)
+        spacing[name], shape[name] = resolution.spacing, resolution.shape
+        patches[name], notes[name] = resolution.patch, [resolution.note]
     reference_spacing = tuple(np.median([_view(spacing[c.fingerprint.dataset_name],
                                                 slice_axes[c.fingerprint.dataset_name])
                                          for c in clients], axis=0))
@@ -117,11 +124,14 @@ def make_plans(clients: list[ClientFacts], config: PlannerConfig = PlannerConfig
     plans = {}
     for facts in clients:
         name = facts.fingerprint.dataset_name
-        patch = fit_to_divisor(patches[name], topology.divisor)
-        batch = _batch_size(patch, topology, facts, config, len(clients),
-                            _resampled_voxels(facts.fingerprint, spacing[name]))
+        patch = fit_to_divisor(patches[name], topology.divisor, _view(shape[name], slice_axes[name]))
+        batch, batch_note = _batch_size(patch, topology, facts, config, len(clients),
+                                        _resampled_voxels(facts.fingerprint, spacing[name]))
+        notes[name] += [_patch_note(patches[name], patch, _view(shape[name], slice_axes[name])), batch_note,
+                        f"widths: front and back end {config.split_channels}, split {config.split_channels} "
+                        f"channels ({config.preset.target} preset)"]
         plans[name] = _client_plan(facts, config, spacing[name], shape[name], slice_axes[name], patch,
-                                   batch)
+                                   batch, tuple(notes[name]))
     federation = FederationPlan(
         dimensionality="3d" if dims == 3 else "2d",
         split_channels=config.split_channels,
@@ -178,16 +188,85 @@ def _shrink_to_budget(spacing: tuple[float, ...], shape: tuple[int, ...], facts:
         patch[axis] = max(floor, patch[axis] - topology.divisor[axis])  # as nnU-Net: one pooling unit
 
 
+@dataclass(frozen=True)
+class Resolution:
+    """The spacing a client trains at, its median shape there, the patch the budget allows, and why."""
+
+    spacing: tuple[float, ...]
+    shape: tuple[int, ...]
+    patch: tuple[int, ...]
+    note: str
+
+
+def _choose_resolution(spacing: tuple[float, ...], shape: tuple[int, ...], slice_axis: int | None,
+                       facts: ClientFacts, config: PlannerConfig, dims: int, num_clients: int,
+                       warnings: list[str]) -> Resolution:
+    """Full resolution when the budget's patch covers enough of the median image; else the
+    finest coarser spacing (5% steps, at most ``max_coarsening``) at which it does.
+
+    Only the axes a patch spans are coarsened (not a 2D federation's slice axis), all by the same
+    factor, so the anisotropy the topology was planned for is kept.
+    """
+    def view(values: tuple) -> tuple:  # the patch's axes of a full-array tuple
+        return _view(values, slice_axis)
+
+    patch = _shrink_to_budget(view(spacing), view(shape), facts, config, dims, num_clients, warnings)
+    coverage = patch_coverage(patch, view(shape))
+    in_words = f"{_fmt(view(spacing), 3)} mm"
+    if coverage >= config.min_patch_coverage:
+        return Resolution(spacing, shape, patch, f"spacing: median {in_words}; the {config.preset.target} budget's "
+                          f"patch covers {coverage:.0%} of the median image (at least {config.min_patch_coverage:.0%})")
+    factor, best = 1.0, (1.0, spacing, shape, patch, coverage)
+    while factor * COARSENING_STEP <= config.max_coarsening:
+        factor *= COARSENING_STEP
+        coarse_spacing = tuple(s * factor if a != slice_axis else s for a, s in enumerate(spacing))
+        coarse_shape = tuple(max(1, int(round(n / factor))) if a != slice_axis else n for a, n in enumerate(shape))
+        coarse_patch = _shrink_to_budget(view(coarse_spacing), view(coarse_shape), facts, config, dims,
+                                         num_clients, [])
+        best = (factor, coarse_spacing, coarse_shape, coarse_patch, patch_coverage(coarse_patch, view(coarse_shape)))
+        if best[4] >= config.min_patch_coverage:
+            break
+    factor, coarse_spacing, coarse_shape, coarse_patch, coarse_coverage = best
+    note = (f"spacing: lowres {_fmt(view(coarse_spacing), 3)} mm ({factor:.2f}x the median {in_words}), because "
+            f"at the median spacing the {config.preset.target} budget fits a {_fmt(patch)} patch, only "
+            f"{coverage:.0%} of the median {_fmt(view(shape))} image (below {config.min_patch_coverage:.0%}); at "
+            f"lowres a {_fmt(coarse_patch)} patch covers {coarse_coverage:.0%} of the median {_fmt(view(coarse_shape))}")
+    if coarse_coverage < config.min_patch_coverage:
+        warnings.append(f"{facts.fingerprint.dataset_name}: even {factor:.2f}x coarser than its median spacing "
+                        f"the patch covers only {coarse_coverage:.0%} of the median image; raise the budget "
+                        "(--target gpu) for more context")
+    return Resolution(coarse_spacing, coarse_shape, coarse_patch, note)
+
+
+def patch_coverage(patch: tuple[int, ...], shape: tuple[int, ...]) -> float:
+    """Share of the median image's voxels one patch sees (1.0 when the patch is at least as large)."""
+    return float(np.prod([min(p, s) / s for p, s in zip(patch, shape)]))
+
+
+def _patch_note(budget_patch: tuple[int, ...], patch: tuple[int, ...], shape: tuple[int, ...]) -> str:
+    fitted = "" if tuple(budget_patch) == tuple(patch) else f", fitted to the pooling as {_fmt(patch)}"
+    if all(p >= s for p, s in zip(budget_patch, shape)):
+        return f"patch: {_fmt(budget_patch)}, the median image {_fmt(shape)} (at least 2 x the deepest feature map){fitted}"
+    return f"patch: {_fmt(budget_patch)}, the median image {_fmt(shape)} shrunk to the budget at batch {MIN_BATCH}{fitted}"
+
+
+def _fmt(values: tuple, digits: int | None = None) -> str:
+    return " x ".join(f"{v:.{digits}g}" if digits else str(v) for v in values)
+
+
 def _batch_size(patch: tuple[int, ...], topology: Topology, facts: ClientFacts, config: PlannerConfig,
-                num_clients: int, dataset_voxels: float) -> int:
-    """Largest batch within budget and within 5% of the dataset's voxels, never below 2."""
+                num_clients: int, dataset_voxels: float) -> tuple[int, str]:
+    """Largest batch within budget and within 5% of the dataset's voxels, never below 2; and why."""
     cost = sample_cost(patch, topology, facts.spec.num_channels, len(facts.spec.labels),
                        config.split_channels)
     fits = MIN_BATCH
     while fits < 512 and config.preset.fits(cost, fits + 1, num_clients):
         fits += 1
     share_cap = int(BATCH_DATASET_SHARE * dataset_voxels / math.prod(patch))
-    return max(MIN_BATCH, min(fits, share_cap))
+    batch = max(MIN_BATCH, min(fits, share_cap))
+    limit = (f"the {config.preset.target} budget" if fits <= share_cap
+             else f"{BATCH_DATASET_SHARE:.0%} of the dataset's voxels")
+    return batch, f"batch: {batch}, limited by {limit} (budget {fits}, dataset share {share_cap}, floor {MIN_BATCH})"
 
 
 def _resampled_voxels(fingerprint: DatasetFingerprint, spacing: tuple[float, ...]) -> float:
@@ -197,7 +276,7 @@ def _resampled_voxels(fingerprint: DatasetFingerprint, spacing: tuple[float, ...
 
 def _client_plan(facts: ClientFacts, config: PlannerConfig, spacing: tuple[float, ...],
                  shape: tuple[int, ...], slice_axis: int | None, patch: tuple[int, ...],
-                 batch: int) -> ClientPlan:
+                 batch: int, notes: tuple[str, ...]) -> ClientPlan:
     fingerprint = facts.fingerprint
     use_mask = fingerprint.median_relative_size_after_crop < NONZERO_MASK_BELOW
     return ClientPlan(
@@ -224,4 +303,5 @@ def _client_plan(facts: ClientFacts, config: PlannerConfig, spacing: tuple[float
         foreground_oversampling=config.foreground_oversampling,
         causal_graph=facts.causal_graph,
         folder=facts.folder,
+        planning_notes=notes,
     )

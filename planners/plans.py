@@ -97,6 +97,7 @@ class ClientPlan:
     foreground_oversampling: Annotated[float, Field(ge=0.0, le=1.0)]
     causal_graph: CausalGraphPlan
     folder: str  # the client's own preprocessed folder, relative to the plans file
+    planning_notes: tuple[str, ...] = ()  # every choice the preset made for this client, and why
 
     def case_preprocessing(self) -> CasePreprocessingConfig:
         """What ``preprocess_case`` needs from this plan; training data and prediction inputs share it."""

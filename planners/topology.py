@@ -63,6 +63,11 @@ def pooling_topology(spacing: tuple[float, ...], patch: tuple[int, ...], base_fi
     return Topology(tuple(kernels), tuple(strides), filters)
 
 
-def fit_to_divisor(patch: tuple[int, ...], divisor: tuple[int, ...]) -> tuple[int, ...]:
-    """Round each patch axis down to a multiple of its divisor (never below one divisor)."""
-    return tuple(max(d, (p // d) * d) for p, d in zip(patch, divisor))
+def fit_to_divisor(patch: tuple[int, ...], divisor: tuple[int, ...],
+                   cover: tuple[int, ...] | None = None) -> tuple[int, ...]:
+    """Round each patch axis to a multiple of its divisor (never below one divisor): down, except
+    along axes where the patch spans all of ``cover`` (the median image), which round up so the
+    patch still spans it (as nnU-Net pads its patch to the divisor)."""
+    cover = cover or (0,) * len(patch)
+    return tuple(max(d, -(-p // d) * d if p >= c > 0 else (p // d) * d)
+                 for p, d, c in zip(patch, divisor, cover))

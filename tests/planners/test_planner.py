@@ -176,3 +176,45 @@ def test_every_case_weighs_the_same_in_the_intensity_statistics() -> None:
                for name, value, label in (("small", 0.0, small_label), ("big", 100.0, big_label))]
     fingerprint = combine_fingerprints("Dataset001_A", [r[0] for r in results], [r[1] for r in results])
     assert fingerprint.foreground_intensity[0].mean == pytest.approx(50.0)
+
+
+# ---- context the patch keeps: lowres planning and the recorded choices ------------------------
+
+def test_cpu_budget_plans_a_coarser_spacing_instead_of_a_patch_that_sees_a_fraction_of_the_image() -> None:
+    plans = make_plans([client("Dataset001_Big", (0.6, 0.6), (512, 512))])
+    plan = plans.clients["Dataset001_Big"]
+    factor = plan.target_spacing[0] / 0.6
+    assert 1.05 < factor <= PlannerConfig().max_coarsening
+    assert plan.target_spacing[0] == pytest.approx(plan.target_spacing[1])
+    coverage = np.prod([min(p, s) / s for p, s in zip(plan.patch_size, plan.median_shape)])
+    assert coverage >= 0.5 * 0.9  # the budget's patch covers half; fitting to the pooling may trim it a little
+    assert plan.median_shape[0] == pytest.approx(512 / factor, abs=2)
+    assert plan.planning_notes[0].startswith("spacing: lowres") and "8%" not in plan.planning_notes[1]
+    at_full = make_plans([client("Dataset001_Big", (0.6, 0.6), (512, 512))], PlannerConfig(min_patch_coverage=0.0))
+    assert at_full.clients["Dataset001_Big"].target_spacing == pytest.approx((0.6, 0.6))
+    assert np.prod(at_full.clients["Dataset001_Big"].patch_size) < 0.5 * 512 * 512
+
+
+def test_a_small_image_keeps_its_spacing_and_a_patch_that_spans_it() -> None:
+    plan = make_plans([client("Dataset001_Small", (0.66, 0.66), (120, 45))]).clients["Dataset001_Small"]
+    assert plan.target_spacing == pytest.approx((0.66, 0.66))
+    assert all(p >= s for p, s in zip(plan.patch_size, (120, 45)))  # rounded up to the pooling, not down
+    assert plan.planning_notes[0].startswith("spacing: median")
+    assert any(note.startswith("batch: ") for note in plan.planning_notes)
+    assert any(note.startswith("widths: ") for note in plan.planning_notes)
+
+
+def test_coarsening_stops_at_its_limit_and_says_so() -> None:
+    config = PlannerConfig(max_coarsening=1.2)
+    plans = make_plans([client("Dataset001_Huge", (0.5, 0.5), (1024, 1024))], config)
+    plan = plans.clients["Dataset001_Huge"]
+    assert plan.target_spacing[0] <= 0.5 * 1.2 + 1e-9
+    assert any("coarser than its median spacing" in w for w in plans.warnings)
+
+
+def test_lowres_coarsens_only_the_patch_axes_of_a_sliced_3d_client() -> None:
+    plans = make_plans([client("Dataset001_A", (1.0, 1.0), (64, 64)),
+                        client("Dataset002_Ct", (5.0, 0.5, 0.5), (20, 600, 600))])
+    ct = plans.clients["Dataset002_Ct"]
+    assert ct.slice_axis == 0 and ct.target_spacing[0] == pytest.approx(5.0)
+    assert ct.target_spacing[1] > 0.5 and ct.median_shape[0] == 20
