@@ -111,18 +111,46 @@ class AuxiliarySchedule:
         return min(1.0, (progress - self.warmup_fraction) / self.ramp_fraction)
 
 
+class OptimizerKind(str, Enum):
+    SGD = "sgd"  # nnU-Net's: Nesterov momentum
+    ADAMW = "adamw"  # the published code's
+
+    @property
+    def default_lr(self) -> float:
+        """The rate each is usually run at: nnU-Net's 1e-2 for SGD, the paper's 1e-3 for AdamW."""
+        return 1e-2 if self is OptimizerKind.SGD else 1e-3
+
+
+class LrSchedule(str, Enum):
+    CONSTANT = "constant"
+    POLY = "poly"  # nnU-Net's: lr x (1 - progress)^exponent over the whole run
+
+
 @dataclass(frozen=True)
 class OptimizerConfig:
-    """AdamW groups as MUCALD.md: networks and denoisers at ``lr``, encoders and SCMs at ``aux_lr``.
+    """One optimiser kind for every part: networks and denoisers at ``lr``, encoders and SCMs at
+    ``aux_lr``, the server's discriminators at ``discriminator_lr`` (always Adam, constant).
 
     ``aux_lr`` None means half of ``lr`` (the paper's ratio), so changing ``--lr`` moves both.
     """
 
+    kind: OptimizerKind = OptimizerKind.ADAMW
     lr: float = 1e-3
     aux_lr: float | None = None
+    momentum: float = 0.99  # SGD only
+    schedule: LrSchedule = LrSchedule.CONSTANT
+    poly_exponent: float = 0.9
     weight_decay: float = 3e-5
     discriminator_lr: float = 1e-4
     grad_clip: float = 12.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "kind", OptimizerKind(self.kind))
+        object.__setattr__(self, "schedule", LrSchedule(self.schedule))
+        if self.lr <= 0 or (self.aux_lr is not None and self.aux_lr <= 0):
+            raise TrainingError(f"learning rates must be > 0 (got lr={self.lr}, aux_lr={self.aux_lr}).")
+        if not 0.0 <= self.momentum < 1.0:
+            raise TrainingError(f"momentum must lie in [0, 1) (got {self.momentum}).")
 
     @property
     def encoder_lr(self) -> float:
@@ -227,6 +255,7 @@ class TrainingConfig:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["method"] = self.method.value
+        data["optimizer"].update(kind=self.optimizer.kind.value, schedule=self.optimizer.schedule.value)
         data["ablations"] = sorted(a.value for a in self.ablations)
         data["augmentation"] = self.augmentation.to_dict()
         data["defence"] = {"kind": self.defence.kind.value, "strength": self.defence.strength}
@@ -255,7 +284,8 @@ class TrainingConfig:
 
 _NOT_IN_NAME = frozenset({"method", "ablations", "defence.kind", "defence.strength", "device", "fold"})
 _SHORT_NAMES = {"aggregation": "agg", "fedprox_mu": "mu", "local_norms": "local-norms", "crdm.eval_timestep": "eval-t",
-                "optimizer.lr": "lr", "optimizer.aux_lr": "aux-lr", "local_epochs": "epochs",
+                "optimizer.lr": "lr", "optimizer.aux_lr": "aux-lr",
+                "optimizer.kind": "opt", "optimizer.schedule": "lr-schedule", "local_epochs": "epochs",
                 "iterations_per_epoch": "iters"}
 MAX_RUN_NAME = 96  # longer names keep their leading labels and end in a digest of all of them
 

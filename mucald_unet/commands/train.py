@@ -12,7 +12,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from mucald_unet.config import CrdmConfig, DefenceConfig, Method, OptimizerConfig, TrainingConfig, parse_ablations
+from mucald_unet.config import (CrdmConfig, DefenceConfig, LrSchedule, Method, OptimizerConfig, OptimizerKind,
+                                TrainingConfig, parse_ablations)
 from mucald_unet.errors import TrainingError
 from mucald_unet.federation.transport import CaptureRequest
 from mucald_unet.training.trainer import FederatedTrainer, run_folder_for
@@ -69,8 +70,13 @@ def train(
     fold: Annotated[int, typer.Option("--fold", min=0, help="Validation fold (5-fold split per client).")] = 0,
     seed: Annotated[int, typer.Option("--seed", help="Seed; equal seeds give equal weights on CPU.")] = 0,
     aggregation: Annotated[Aggregation, typer.Option("--aggregation", help="Weights of the round average.")] = Aggregation.equal,
-    lr: Annotated[float, typer.Option("--lr", min=0.0, help="AdamW learning rate of the networks "
-                                                             "(encoders and SCMs use half).")] = OptimizerConfig.lr,
+    optimizer: Annotated[OptimizerKind, typer.Option(
+        "--optimizer", help="sgd (nnU-Net's, Nesterov momentum) or adamw, for every trained part.")] = OptimizerConfig.kind,
+    lr: Annotated[Optional[float], typer.Option(
+        "--lr", min=0.0, help="Learning rate of the networks (encoders and SCMs use half); default: "
+        "1e-2 for sgd, 1e-3 for adamw.")] = None,
+    lr_schedule: Annotated[LrSchedule, typer.Option(
+        "--lr-schedule", help="constant, or poly: lr x (1 - progress)^0.9 over the whole run (nnU-Net's).")] = OptimizerConfig.schedule,
     fedprox_mu: Annotated[float, typer.Option("--fedprox-mu", min=0.0, help="FedProx weight on SS.")] = 1e-3,
     local_norms: Annotated[bool, typer.Option(
         "--local-norms", help="Keep the server segment's normalisation parameters per client (FedBN).")] = False,
@@ -101,7 +107,8 @@ def train(
                             local_epochs=local_epochs, iterations_per_epoch=iters, fold=fold, seed=seed,
                             device=chosen_device, aggregation=aggregation.value, fedprox_mu=fedprox_mu,
                             local_norms=local_norms,
-                            optimizer=OptimizerConfig(lr=lr),
+                            optimizer=OptimizerConfig(kind=optimizer, lr=lr or optimizer.default_lr,
+                                                      schedule=lr_schedule),
                             crdm=CrdmConfig(eval_timestep=eval_timestep), defence=DefenceConfig.parse(defence))
     plans_path = find_plans(preprocessed_root(preprocessed), datasets, federation)
     names = client_names(plans_path, datasets)

@@ -24,6 +24,7 @@ from mucald_unet.federation.messages import VALIDATION_STEP, Kind, Message
 from mucald_unet.federation.transport import Transport
 from mucald_unet.training.augmentation import build_augmentation
 from mucald_unet.training.data import PatchSampler, TrainingCase
+from mucald_unet.training.optimization import apply_schedule, build_optimizer
 from mucald_unet.training.losses import segmentation_loss, weighted_sum
 from mucald_unet.training.proxy_targets import ProxyTargets
 from mucald_unet.training.validation import dice_per_class, predict_case_logits
@@ -77,17 +78,15 @@ class SplitClient:
         return self.network.splits
 
     def _build_optimizer(self) -> torch.optim.Optimizer:
-        """AdamW; networks and denoisers at lr, exogenous encoders, SCMs and priors at aux_lr."""
+        """Networks and denoisers at lr; exogenous encoders, SCMs and priors at aux_lr."""
         main = list(self.front_end.parameters()) + list(self.back_end.parameters())
         aux: list[nn.Parameter] = []
         for split in self.splits.values():
             main += list(split.denoiser.parameters()) if split.denoiser is not None else []
             aux += [*split.exogenous.parameters(), *split.scm.parameters(), *split.prior.parameters()]
         opt = self.config.optimizer
-        groups = [{"params": main, "lr": opt.lr, "name": "networks"}]
-        if aux:
-            groups.append({"params": aux, "lr": opt.encoder_lr, "name": "causal"})
-        return torch.optim.AdamW(groups, weight_decay=opt.weight_decay, fused=True)
+        return build_optimizer([{"params": main, "lr": opt.lr, "name": "networks"},
+                                {"params": aux, "lr": opt.encoder_lr, "name": "causal"}], opt)
 
     def trainable_modules(self) -> dict[str, nn.Module]:
         return self.network.parts()
@@ -107,7 +106,9 @@ class SplitClient:
         images = torch.from_numpy(images).to(self.device)
         labels = torch.from_numpy(labels.astype(np.int64)).to(self.device)
         proxies, mask = self.data.proxies.batch(batch.case_ids, self.device)
-        factor = self.config.schedule.factor(self.config.progress(round_index, step))
+        progress = self.config.progress(round_index, step)
+        factor = self.config.schedule.factor(progress)
+        apply_schedule(self.optimizer, self.config.optimizer, progress)
 
         head = self.network.head(images, proxies, mask)
         reply = self.transport.request(Message(self.name, Kind.FEATURES, "split1", round_index, step,

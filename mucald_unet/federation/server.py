@@ -25,6 +25,7 @@ from mucald_unet.federation.aggregation import (ClientReport, fedprox_penalty, s
                                                 weighted_average)
 from mucald_unet.federation.messages import VALIDATION_STEP, Kind, Message
 from mucald_unet.networks.segments import build_server_segment
+from mucald_unet.training.optimization import apply_schedule, module_optimizer
 from planners.plans import FederationPlan
 
 
@@ -89,8 +90,7 @@ class SplitServer:
         self._metrics = {c: _RoundMetrics() for c in self.clients}
 
     def _segment_optimizer(self, module: nn.Module) -> torch.optim.Optimizer:
-        opt = self.config.optimizer
-        return torch.optim.AdamW(module.parameters(), lr=opt.lr, weight_decay=opt.weight_decay, fused=True)
+        return module_optimizer([module], self.config.optimizer)
 
     @staticmethod
     def _snapshot(module: nn.Module) -> dict[str, Tensor]:
@@ -184,6 +184,7 @@ class SplitServer:
             raise DivergenceError(client, "server segment", message.round)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(segment.parameters(), self.config.optimizer.grad_clip, foreach=True)
+        apply_schedule(optimizer, self.config.optimizer, self.config.progress(message.round, message.step))
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         self._step_discriminators_when_all_seen(client, message.step)
