@@ -82,6 +82,8 @@ def plan(
     plans = load_plans(plans_path)
     console.print(summary_table(plans))
     for name, client in plans.clients.items():
+        for note in client.planning_notes:
+            console.print(f"{name} {note}")
         edges = [f"{p} -> {c}" for c, ps in client.causal_graph.parents.items() for p in ps]
         console.print(f"{name} causal graph over {', '.join(client.causal_graph.nodes) or 'no nodes'}: "
                       f"{'; '.join(edges) or 'no edges'}")
