@@ -1,5 +1,9 @@
-"""Training data for one client: which cases train and which validate (fold split), loading
+"""Training data for one client: which cases train and which validate (fold split), opening
 them, and cutting nnU-Net-style patch batches with foreground oversampling.
+
+Cases are opened as read-only memory maps of their files, so a client's memory does not grow
+with its number of cases: a patch reads only the pages it covers, and those pages are the OS's
+reclaimable file cache. Nothing here writes into a case (patches are copied into the batch).
 
 Every random choice comes from the ``numpy.random.Generator`` the caller passes in, so a run
 resumes exactly when the caller stores ``sampler.state()`` and restores it with ``set_state``.
@@ -16,7 +20,14 @@ from typing import Any, NamedTuple
 import numpy as np
 from sklearn.model_selection import KFold
 
-from preprocessing.case_store import ExpectedCases, case_paths, check_case, check_folder, load_case
+from preprocessing.case_store import (
+    ExpectedCases,
+    case_paths,
+    check_case,
+    check_folder,
+    load_case,
+    stored_case_ids,
+)
 from preprocessing.errors import DatasetError
 
 PREPROCESS_FIX = "run mucald_plan_and_preprocess for this dataset"
@@ -52,7 +63,7 @@ def fold_split(case_ids: Sequence[str], fold: int, num_folds: int = 5, seed: int
 
 
 def list_case_ids(cases_folder: Path, expected: ExpectedCases | None = None) -> list[str]:
-    """Ids of the finished preprocessed cases in a folder (a ``.json`` with its ``.npz``), sorted.
+    """Ids of the finished preprocessed cases in a folder (a ``.json`` with all its arrays), sorted.
 
     With ``expected`` (what the plan says the folder holds) half a case, a case the dataset no
     longer has or a planned case never preprocessed stops training instead of being skipped.
@@ -63,7 +74,7 @@ def list_case_ids(cases_folder: Path, expected: ExpectedCases | None = None) -> 
         raise DatasetError(f"{folder}: preprocessed cases folder does not exist. Fix: {fix}")
     if expected is not None:
         check_folder(folder, expected)
-    ids = sorted(p.stem for p in folder.glob("*.json") if case_paths(folder, p.stem)[0].is_file())
+    ids = stored_case_ids(folder)
     if not ids:
         raise DatasetError(f"{folder}: holds no preprocessed cases. Fix: {fix}")
     return ids  # each case's settings digest is checked when it is loaded (load_training_cases)
@@ -71,7 +82,11 @@ def list_case_ids(cases_folder: Path, expected: ExpectedCases | None = None) -> 
 
 @dataclass(frozen=True, eq=False)
 class TrainingCase:
-    """One labelled case in memory: the part of a preprocessed case that training reads."""
+    """One labelled case: the part of a preprocessed case that training reads.
+
+    Opened by ``load_training_cases`` its arrays are read-only memory maps of the case's files;
+    tests may build one from arrays in memory. Readers must not write into them.
+    """
 
     case_id: str
     images: np.ndarray  # float32 (C, *spatial)
@@ -80,15 +95,15 @@ class TrainingCase:
 
 
 def load_training_cases(cases_folder: Path, case_ids: Sequence[str],
-                        expected: ExpectedCases | None = None) -> list[TrainingCase]:
-    """Load labelled cases; an unlabelled, malformed or (with ``expected``) stale case stops
-    training before it starts."""
+                        expected: ExpectedCases | None = None, *, mmap: bool = True) -> list[TrainingCase]:
+    """Open labelled cases (memory-mapped unless ``mmap`` is false); an unlabelled, malformed or
+    (with ``expected``) stale case stops training before it starts."""
     cases = []
     for case_id in case_ids:
         if expected is not None:
             check_case(Path(cases_folder), case_id, expected)
-        case = load_case(Path(cases_folder), case_id)
-        arrays_path = case_paths(Path(cases_folder), case_id)[0]
+        case = load_case(Path(cases_folder), case_id, mmap=mmap)
+        arrays_path = case_paths(Path(cases_folder), case_id).images
         if case.label is None:
             raise DatasetError(f"{arrays_path}: case has no label, so it cannot be used for training. "
                                "Fix: give it a label in labelsTr, or move it to imagesTs, then "

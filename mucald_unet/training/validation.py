@@ -20,8 +20,13 @@ Predictor = Callable[[Tensor], Tensor]
 def predict_case_logits(predict: Predictor, images: np.ndarray, patch_size: Sequence[int],
                         slice_axis: int | None, device: torch.device, overlap: float = 0.5,
                         batch_size: int = 4) -> Tensor:
-    """Class logits (num_classes, *spatial) of a whole preprocessed case (C, *spatial)."""
-    array = torch.from_numpy(np.ascontiguousarray(images)).to(device)
+    """Class logits (num_classes, *spatial) of a whole preprocessed case (C, *spatial).
+
+    A read-only case (a memory-mapped training case) is read into memory for the call: a tensor
+    must not alias a read-only mapping (torch cannot honour the flag, and a write would crash).
+    """
+    contiguous = np.ascontiguousarray(images)
+    array = torch.from_numpy(contiguous if contiguous.flags.writeable else np.array(contiguous)).to(device)
     if slice_axis is None:
         inputs = array.unsqueeze(0)
     else:  # (C, Z, Y, X) -> (slices, C, *plane)

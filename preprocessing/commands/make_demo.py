@@ -37,14 +37,18 @@ def make_demo(
                                                 "tests), small (default) or medium.")] = DemoSize.small,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace demo dataset folders "
                                             "that already exist and are not empty.")] = False,
+    cases: Annotated[int | None, typer.Option(
+        min=1, help="Training cases per dataset instead of the size preset's (test cases stay the "
+                    "preset's); recorded in dataset.json's description.")] = None,
 ) -> None:
     """Write Dataset001_DemoPolyp, Dataset002_DemoLungCT and Dataset003_DemoFetalUS under OUT."""
-    written = write_demo_federation(out, seed=seed, size=size.value, overwrite=overwrite)
-    Console(highlight=False).print(_summary(written, out, seed, size.value))
+    written = write_demo_federation(out, seed=seed, size=size.value, overwrite=overwrite, cases=cases)
+    Console(highlight=False).print(_summary(written, out, seed, size.value, cases))
 
 
-def _summary(written: list[WrittenDataset], out: Path, seed: int, size: str) -> Table:
-    table = Table(title=f"Demo federation in {out} (seed {seed}, size {size})")
+def _summary(written: list[WrittenDataset], out: Path, seed: int, size: str, cases: int | None) -> Table:
+    counts = f", {cases} training cases each" if cases is not None else ""
+    table = Table(title=f"Demo federation in {out} (seed {seed}, size {size}{counts})")
     for column in ("dataset", "cases Tr", "cases Ts", "spatial size", "file ending"):
         table.add_column(column, justify="right" if column.startswith("cases") else "left")
     for item in written:

@@ -7,7 +7,8 @@ planted graph and each case's node values. The same seed gives the same arrays o
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -44,20 +45,27 @@ def demo_folders(out: Path) -> list[Path]:
     return [Path(out) / dataset_folder_name(r.dataset_id, r.name) for r in RECIPES]
 
 
+# training cases per dataset: one count for all three, or one per recipe key (missing: the preset's)
+CaseCounts = int | Mapping[str, int] | None
+
+
 def make_demo_federation(out: Path, seed: int = 0, size: str = "small", *,
-                         overwrite: bool = False) -> list[Path]:
+                         overwrite: bool = False, cases: CaseCounts = None) -> list[Path]:
     """Write the three demo datasets under ``out`` and return their folders.
 
+    ``cases`` replaces the size preset's number of training cases (test cases stay the preset's).
     Refuses (DatasetError) to write into a non-empty dataset folder unless ``overwrite``, which
     deletes that folder first so no stale case of an earlier, larger run survives.
     """
-    return [written.folder for written in write_demo_federation(out, seed, size, overwrite=overwrite)]
+    return [written.folder for written in write_demo_federation(out, seed, size, overwrite=overwrite,
+                                                                cases=cases)]
 
 
 def write_demo_federation(out: Path, seed: int = 0, size: str = "small", *,
-                          overwrite: bool = False) -> list[WrittenDataset]:
+                          overwrite: bool = False, cases: CaseCounts = None) -> list[WrittenDataset]:
     """Like ``make_demo_federation`` but reports counts and shapes of what was written."""
     sizes = preset(size)
+    counts = _case_counts(cases)
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise DatasetError(f"{out}: exists and is not a folder. Fix: choose another output folder.")
@@ -67,10 +75,27 @@ def write_demo_federation(out: Path, seed: int = 0, size: str = "small", *,
     written = []
     for recipe, folder, stream in zip(RECIPES, folders, streams):
         dataset_size = sizes.for_dataset(recipe.key)
-        _write_dataset(recipe, folder, dataset_size, stream, seed, size)
+        if recipe.key in counts:
+            dataset_size = replace(dataset_size, train=counts[recipe.key])
+        _write_dataset(recipe, folder, dataset_size, stream, seed, size, recipe.key in counts)
         written.append(WrittenDataset(folder, dataset_size.train, dataset_size.test,
                                       dataset_size.shape, recipe.file_ending))
     return written
+
+
+def _case_counts(cases: CaseCounts) -> dict[str, int]:
+    """Recipe key -> training cases asked for; checked before anything is written."""
+    if cases is None:
+        return {}
+    counts = {r.key: cases for r in RECIPES} if isinstance(cases, int) else dict(cases)
+    unknown = sorted(set(counts) - {r.key for r in RECIPES})
+    if unknown:
+        raise ValueError(f"unknown demo dataset {unknown[0]!r}; use one of {', '.join(r.key for r in RECIPES)}")
+    for key, count in counts.items():
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise DatasetError(f"{key}: the number of training cases must be a whole number >= 1, got "
+                               f"{count!r}. Fix: pass --cases 1 or more.")
+    return counts
 
 
 def _make_room(folders: list[Path], overwrite: bool) -> None:
@@ -87,7 +112,7 @@ def _make_room(folders: list[Path], overwrite: bool) -> None:
 
 
 def _write_dataset(recipe: DemoRecipe, folder: Path, size: DatasetSize,
-                   stream: np.random.SeedSequence, seed: int, size_name: str) -> None:
+                   stream: np.random.SeedSequence, seed: int, size_name: str, cases_given: bool) -> None:
     count = size.train + size.test
     node_stream, *case_streams = stream.spawn(1 + count)
     nodes = sample_nodes(recipe.graph, count, np.random.default_rng(node_stream))
@@ -104,8 +129,9 @@ def _write_dataset(recipe: DemoRecipe, folder: Path, size: DatasetSize,
                     geometry)
         case_values[case] = {name: round(value, 6) for name, value in values.items()}
 
+    counts = f", {size.train} training cases" if cases_given else ""
     description = (f"{recipe.look} Demo data from mucald_make_demo (seed {seed}, size "
-                   f"{size_name}); {recipe.graph.summary()}; ground truth and per-case node "
+                   f"{size_name}{counts}); {recipe.graph.summary()}; ground truth and per-case node "
                    f"values in {CAUSAL_GRAPH_JSON}.")
     DatasetSpec(channel_names=dict(recipe.channel_names), labels=dict(recipe.labels),
                 num_training=size.train, file_ending=ending, description=description).save(folder)

@@ -87,8 +87,63 @@ def test_missing_or_empty_folder_and_unlabelled_case_raise(tmp_path: Path) -> No
     with pytest.raises(DatasetError, match="mucald_plan_and_preprocess"):
         list_case_ids(tmp_path)
     save_case(tmp_path, _stored_case("u", with_label=False))
-    with pytest.raises(DatasetError, match="u.npz: case has no label"):
+    with pytest.raises(DatasetError, match="u.npy: case has no label"):
         load_training_cases(tmp_path, ["u"])
+
+
+def test_training_cases_are_read_only_memory_maps_of_the_case_files(tmp_path: Path) -> None:
+    save_case(tmp_path, _stored_case("a"))
+    case = load_training_cases(tmp_path, ["a"])[0]
+    for array, name in ((case.images, "a.npy"), (case.label, "a_seg.npy")):
+        assert isinstance(array, np.memmap) and Path(array.filename) == tmp_path / name
+        assert not array.flags.writeable
+    assert not case.foreground[1].flags.writeable
+    with pytest.raises(ValueError, match="read-only"):
+        case.label[0, 0, 0] = 1
+    in_memory = load_training_cases(tmp_path, ["a"], mmap=False)[0]
+    assert not isinstance(in_memory.images, np.memmap) and in_memory.images.flags.writeable
+
+
+@pytest.mark.parametrize("slice_axis,patch", [(None, (3, 8, 7)), (1, (5, 8)), (None, (2, 3, 3))])
+def test_patches_from_memory_maps_equal_patches_from_an_in_memory_copy(tmp_path: Path, slice_axis, patch) -> None:
+    for case_id in ("a", "b"):
+        save_case(tmp_path, _stored_case(case_id))
+    mapped = load_training_cases(tmp_path, ["a", "b"])
+    copies = [TrainingCase(c.case_id, np.array(c.images), np.array(c.label),
+                           {v: np.array(x) for v, x in c.foreground.items()}) for c in mapped]
+    from_maps = PatchSampler(mapped, patch, 4, 0.5, slice_axis, np.random.default_rng(3))
+    from_copies = PatchSampler(copies, patch, 4, 0.5, slice_axis, np.random.default_rng(3))
+    for _ in range(10):
+        a, b = from_maps.sample_batch(), from_copies.sample_batch()
+        np.testing.assert_array_equal(a.images, b.images)
+        np.testing.assert_array_equal(a.labels, b.labels)
+        assert a.case_ids == b.case_ids
+        assert a.images.flags.writeable and not np.shares_memory(a.images, mapped[0].images)
+    np.testing.assert_array_equal(mapped[0].images, copies[0].images)  # nothing wrote into the cases
+
+
+def test_a_memory_mapped_case_validates_like_its_in_memory_copy(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from mucald_unet.training.validation import predict_case_logits
+
+    save_case(tmp_path, _stored_case("a"))
+    case = load_training_cases(tmp_path, ["a"])[0]
+    weights = torch.randn(3, 2)
+    real_from_numpy = torch.from_numpy
+
+    def from_writable_only(array: np.ndarray) -> torch.Tensor:
+        # torch cannot keep a tensor read-only: one aliasing the mapping would crash on a write
+        assert array.flags.writeable, "a tensor would alias a read-only memory map"
+        return real_from_numpy(array)
+
+    monkeypatch.setattr(torch, "from_numpy", from_writable_only)
+    mapped = predict_case_logits(lambda w: torch.einsum("kc,bc...->bk...", weights, w), case.images, (4, 4), 0,
+                                 torch.device("cpu"))
+    copied = predict_case_logits(lambda w: torch.einsum("kc,bc...->bk...", weights, w), np.array(case.images),
+                                 (4, 4), 0, torch.device("cpu"))
+    torch.testing.assert_close(mapped, copied)
 
 
 def _assert_contiguous(patch: np.ndarray, axes_channels: list[int]) -> None:

@@ -6,6 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from mucald_unet.commands.train import main
@@ -14,6 +15,7 @@ from planners.budget import Preset
 from planners.pipeline import PipelineConfig, client_cases_folder, plan_and_preprocess
 from planners.planner import PlannerConfig
 from planners.plans import load_plans
+from preprocessing.case_store import load_case
 from preprocessing.errors import DatasetError
 from tests.conftest import CLIENTS
 from tests.mucald_unet.conftest import quick_config
@@ -80,28 +82,43 @@ def test_explicitly_selected_cases_are_checked_too(federation: Path, tmp_path: P
         build_trainer(federation, tmp_path / "run", case_selection=selection)
 
 
-@pytest.mark.parametrize("orphan", ["arrays without properties", "properties without arrays",
-                                    "a case the dataset no longer has", "a planned case never preprocessed"])
+ARRAY_SUFFIXES = (".npy", "_seg.npy", "_fg.npy")  # images, label, foreground voxels
+
+
+def copy_case(folder: Path, source: str, target: str, suffixes=(*ARRAY_SUFFIXES, ".json")) -> None:
+    for suffix in suffixes:
+        shutil.copy(folder / f"{source}{suffix}", folder / f"{target}{suffix}")
+
+
+@pytest.mark.parametrize("orphan", ["arrays without properties", "properties without images",
+                                    "properties without label", "properties without foreground",
+                                    "a case the dataset no longer has", "a planned case never preprocessed",
+                                    "a case in the older npz format"])
 def test_orphaned_or_missing_case_files_stop_training(federation: Path, tmp_path: Path, orphan: str) -> None:
     folder = cases_folder(federation)
-    first = sorted(folder.glob("*.npz"))[0]
+    first = sorted(folder.glob("*.json"))[0].stem
     if orphan == "arrays without properties":
-        named = folder / "ghost.npz"
-        shutil.copy(first, named)
-    elif orphan == "properties without arrays":
-        named = first.with_suffix(".json")
-        first.unlink()
+        named = folder / "ghost.npy"
+        copy_case(folder, first, "ghost", ARRAY_SUFFIXES)
+    elif orphan.startswith("properties without"):  # any one missing file makes half a case
+        suffix = {"images": ".npy", "label": "_seg.npy", "foreground": "_fg.npy"}[orphan.split()[-1]]
+        named = folder / f"{first}.json"
+        (folder / f"{first}{suffix}").unlink()
     elif orphan == "a planned case never preprocessed":  # training on the rest would drop it silently
         named = folder
-        first.unlink()
-        first.with_suffix(".json").unlink()
-    else:  # a complete pair with the current digest, but not among the planned cases
+        for suffix in (*ARRAY_SUFFIXES, ".json"):
+            (folder / f"{first}{suffix}").unlink()
+    elif orphan == "a case in the older npz format":
+        named = folder / f"{first}.npz"
+        named.write_bytes(b"PK\x03\x04")  # as an older mucald left it beside a current case
+    else:  # a complete case with the current digest, but not among the planned cases
         named = folder / "ghost.json"
-        shutil.copy(first, folder / "ghost.npz")
-        shutil.copy(first.with_suffix(".json"), named)
+        copy_case(folder, first, "ghost")
     with pytest.raises(DatasetError) as error:
         build_trainer(federation, tmp_path / "run")
     assert str(named) in str(error.value) and REPLAN in str(error.value)
+    if orphan == "a case in the older npz format":
+        assert "older mucald" in str(error.value)
 
 
 def test_mucald_train_names_the_stale_case_in_one_line(federation: Path, tmp_path: Path,
@@ -121,17 +138,43 @@ def test_replanning_redoes_stale_cases_and_removes_orphans(federation: Path, tmp
     stale, untouched = sorted(folder.glob("*.json"))[:2]
     rewrite_properties(stale, config_digest="0123456789abcdef")
     untouched_stamp = untouched.stat().st_mtime_ns
-    shutil.copy(folder / f"{untouched.stem}.npz", folder / "ghost.npz")
-    shutil.copy(untouched, folder / "gone.json")
-    shutil.copy(folder / f"{untouched.stem}.npz", folder / "gone.npz")
+    copy_case(folder, untouched.stem, "ghost", ARRAY_SUFFIXES)  # arrays whose json never came
+    copy_case(folder, untouched.stem, "gone")  # a complete case of a raw file since removed
+    leftovers = [f"ghost{s}" for s in ARRAY_SUFFIXES] + [f"gone{s}" for s in (*ARRAY_SUFFIXES, ".json")]
 
     replan(federation)
 
     digest = load_plans(federation).client(CLIENT).case_preprocessing().digest()
     assert json.loads(stale.read_text())["config_digest"] == digest
     assert untouched.stat().st_mtime_ns == untouched_stamp  # finished cases are still skipped
-    assert not any((folder / name).exists() for name in ("ghost.npz", "gone.json", "gone.npz"))
+    assert not any((folder / name).exists() for name in leftovers)
     run = build_trainer(federation, tmp_path / "run")  # loads every client's cases, as training starts
     client = next(c for c in run.clients if c.name == CLIENT)
     loaded = {c.case_id for c in client.data.train + client.data.validation}
     assert loaded == {p.stem for p in folder.glob("*.json")} and stale.stem in loaded
+
+
+def test_replanning_replaces_cases_of_the_older_npz_format(federation: Path, tmp_path: Path) -> None:
+    """A folder an older mucald wrote (CASE.npz + CASE.json) is an orphan as a whole: training
+    refuses it, and replanning removes the npz files and remakes every case as memory maps."""
+    folder = cases_folder(federation)
+    ids = sorted(p.stem for p in folder.glob("*.json"))
+    for case_id in ids:  # what an older mucald left: a compressed archive and a json without a record
+        loaded = load_case(folder, case_id)
+        np.savez_compressed(folder / f"{case_id}.npz", images=loaded.images, label=loaded.label)
+        record = json.loads((folder / f"{case_id}.json").read_text())
+        record.pop("case_store")
+        (folder / f"{case_id}.json").write_text(json.dumps(record))
+        for suffix in ARRAY_SUFFIXES:
+            (folder / f"{case_id}{suffix}").unlink()
+    with pytest.raises(DatasetError, match="older mucald"):
+        build_trainer(federation, tmp_path / "run")
+
+    replan(federation)
+
+    assert not list(folder.glob("*.npz"))
+    assert sorted(p.stem for p in folder.glob("*.json")) == ids
+    for case_id in ids:
+        assert all((folder / f"{case_id}{suffix}").is_file() for suffix in ARRAY_SUFFIXES)
+        assert isinstance(load_case(folder, case_id, mmap=True).images, np.memmap)
+    build_trainer(federation, tmp_path / "run")  # the remade folder trains

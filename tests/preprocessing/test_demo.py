@@ -11,7 +11,7 @@ from scipy.stats import spearmanr
 
 from preprocessing.commands.make_demo import main
 from preprocessing.dataset import RawDataset
-from preprocessing.demo import CAUSAL_GRAPH_JSON, PRESETS, RECIPES, make_demo_federation
+from preprocessing.demo import CAUSAL_GRAPH_JSON, PRESETS, RECIPES, demo_folders, make_demo_federation
 from preprocessing.demo import measure
 from preprocessing.demo.causal import CausalGraphSpec, sample_nodes
 from preprocessing.integrity import verify_dataset
@@ -193,3 +193,41 @@ def test_command_writes_then_refuses_to_overwrite(tmp_path: Path,
 
 def test_command_rejects_an_unknown_size(tmp_path: Path) -> None:
     assert main([str(tmp_path / "d"), "--size", "huge"]) == 2
+
+
+def test_cases_sets_the_training_cases_of_every_dataset_and_the_description_says_so(tmp_path: Path) -> None:
+    folders = make_demo_federation(tmp_path, seed=0, size="tiny", cases=11)
+    for recipe, folder in zip(RECIPES, folders):
+        dataset = RawDataset(folder)
+        assert len(dataset.case_ids("Tr")) == 11 == dataset.spec.num_training
+        assert len(dataset.case_ids("Ts")) == PRESETS["tiny"].for_dataset(recipe.key).test  # unchanged
+        assert "size tiny, 11 training cases" in dataset.spec.description
+        assert len(json.loads((folder / CAUSAL_GRAPH_JSON).read_text())["cases"]) == 11 + len(dataset.case_ids("Ts"))
+        assert verify_dataset(folder).ok
+    preset = make_demo_federation(tmp_path / "preset", seed=0, size="tiny")
+    assert "training cases" not in RawDataset(preset[0]).spec.description  # no count unless asked for
+
+
+def test_cases_per_dataset_can_differ(tmp_path: Path) -> None:
+    folders = make_demo_federation(tmp_path, seed=0, size="tiny", cases={"polyp": 3, "fetal_us": 5})
+    counts = [len(RawDataset(f).case_ids("Tr")) for f in folders]
+    assert counts == [3, PRESETS["tiny"].lung_ct.train, 5]
+    with pytest.raises(ValueError, match="unknown demo dataset"):
+        make_demo_federation(tmp_path / "x", size="tiny", cases={"brain": 3})
+
+
+def test_command_with_cases_is_deterministic_for_a_seed(tmp_path: Path) -> None:
+    for name in ("one", "two"):
+        assert main([str(tmp_path / name), "--size", "tiny", "--cases", "6", "--seed", "4"]) == 0
+    assert main([str(tmp_path / "other"), "--size", "tiny", "--cases", "6", "--seed", "5"]) == 0
+    for folder in demo_folders(tmp_path / "one"):
+        files = _image_files(folder)
+        assert len([f for f in files if f.parts[0] == "imagesTr"]) == 6
+        assert files == _image_files(tmp_path / "two" / folder.name)
+        for relative in files:
+            a, b = read_image(folder / relative)[0], read_image(tmp_path / "two" / folder.name / relative)[0]
+            assert np.array_equal(a, b), relative
+        first = Path("imagesTr") / files[0].name
+        assert not np.array_equal(read_image(folder / first)[0],
+                                  read_image(tmp_path / "other" / folder.name / first)[0])
+    assert main([str(tmp_path / "zero"), "--size", "tiny", "--cases", "0"]) == 2
