@@ -58,7 +58,7 @@ def plan(
     num_processes: Annotated[int, typer.Option("-np", "--num-processes", min=1,
                                                help="Worker processes for fingerprinting and preprocessing.")] = 2,
     target: Annotated[Optional[Target], typer.Option(
-        "--target", help="Budget preset: gpu (memory budget) or cpu (~1 s per federation iteration on "
+        "--target", help="Budget preset: gpu (memory budget) or cpu (~3 s per federation iteration on "
         "2 cores). Default: gpu if torch sees CUDA, else cpu.")] = None,
     memory_gb: Annotated[float, typer.Option("--memory-gb", min=1.0, help="GPU memory for --target gpu.")] = 8.0,
     config: Annotated[Optional[Dimensionality], typer.Option(
