@@ -23,6 +23,7 @@ from mucald_unet.federation.client_network import ClientNetwork
 from mucald_unet.federation.messages import VALIDATION_STEP, Kind, Message
 from mucald_unet.federation.transport import Transport
 from mucald_unet.training.augmentation import build_augmentation
+from mucald_unet.training.batch_stream import RoundBatch
 from mucald_unet.training.data import PatchSampler, TrainingCase
 from mucald_unet.training.optimization import apply_schedule, build_optimizer
 from mucald_unet.training.losses import segmentation_loss, weighted_sum
@@ -97,12 +98,15 @@ class SplitClient:
                                        scalars={"num_samples": float(len(self.data.train))}))
 
     # ---- training ---------------------------------------------------------------------------
-    def train_step(self, round_index: int, step: int) -> float:
-        """One split step on one batch; returns the segmentation loss."""
+    def train_step(self, round_index: int, step: int, batch: RoundBatch | None = None) -> float:
+        """One split step on one augmented batch (drawn here when not given); returns the
+        segmentation loss. The trainer hands in batches made ahead by ``InterleavedRoundBatches``."""
         for module in self.trainable_modules().values():
             module.train()
-        batch = self.sampler.sample_batch()
-        images, labels = self.augment(batch.images, batch.labels)
+        if batch is None:
+            drawn = self.sampler.sample_batch()
+            batch = RoundBatch(*self.augment(drawn.images, drawn.labels), drawn.case_ids)
+        images, labels = batch.images, batch.labels
         images = torch.from_numpy(images).to(self.device)
         labels = torch.from_numpy(labels.astype(np.int64)).to(self.device)
         proxies, mask = self.data.proxies.batch(batch.case_ids, self.device)

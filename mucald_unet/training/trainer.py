@@ -24,6 +24,7 @@ from mucald_unet.federation.server import SplitServer
 from mucald_unet.federation.transport import (CaptureRequest, CapturingTransport, InMemoryTransport,
                                               LoopbackTransport, append_manifest)
 from mucald_unet.training.augmentation import seed_augmentation
+from mucald_unet.training.batch_stream import InterleavedRoundBatches
 from mucald_unet.training.checkpoint import (BEST, FINAL, Checkpoint, capture_rng_state, check_compatible,
                                              load_checkpoint, plans_digest, restore_rng_state, save_checkpoint)
 from mucald_unet.training.curves import plot_training_curves
@@ -187,10 +188,12 @@ class FederatedTrainer:
         final_dice: dict[str, float] = {}
         for round_index in range(state.rounds_done, self.config.rounds):
             started = time.perf_counter()
-            for step in range(steps):
-                for client in self.clients:
-                    loss = client.train_step(round_index, step)
-                    self.reporter.step(round_index, client.name, step, loss)
+            sources = [(client.sampler, client.augment) for client in self.clients]
+            with InterleavedRoundBatches(sources, steps) as stream:  # cut and augmented while the network trains
+                for step, batches in enumerate(stream):
+                    for client, batch in zip(self.clients, batches):
+                        loss = client.train_step(round_index, step, batch)
+                        self.reporter.step(round_index, client.name, step, loss)
             records = self._finish_round(round_index, time.perf_counter() - started)
             final_dice = {r["client"]: r["mean_val_dice"] for r in records}
             score = float(np.nanmean(list(final_dice.values())))
