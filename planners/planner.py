@@ -40,11 +40,14 @@ class PlannerConfig:
     # ... at most this much coarser than its median spacing.
     max_coarsening: float = 4.0
 
-    @property
-    def split_channels(self) -> int:
-        """nnU-Net's base width on every target: 16 learned measurably less per iteration on CPU
-        (docs/training_recipe.md), and the CPU budget was raised to pay for it."""
-        return 32
+    # Width of what crosses each split, of FE/BE and of the server's first stage: nnU-Net's base
+    # 32 on every target (16 learned measurably less per iteration on CPU, docs/training_recipe.md).
+    split_channels: int = 32
+
+    def __post_init__(self) -> None:
+        if self.split_channels < 4:
+            raise PlanError(f"split width {self.split_channels} is too narrow. Fix: use --split-width 4 or more "
+                            "(32 is nnU-Net's base width).")
 
     def max_filters(self, dims: int) -> int:
         if self.preset.target == "cpu":

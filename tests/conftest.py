@@ -86,5 +86,6 @@ def tiny_federation(tmp_path_factory: pytest.TempPathFactory) -> Path:
     make_demo_federation(root / "raw", seed=0, size="tiny")
     config = PipelineConfig(raw_root=root / "raw", preprocessed_root=root / "preprocessed",
                             datasets=("1", "2", "3"),
-                            planner=PlannerConfig(preset=Preset("cpu"), dimensionality="2d"))
+                            # width 16: the suite stays fast; the code path is the same at 32
+                            planner=PlannerConfig(preset=Preset("cpu"), dimensionality="2d", split_channels=16))
     return plan_and_preprocess(config)
