@@ -67,13 +67,13 @@ def test_rerun_resumes_and_keeps_the_cases(planned, capsys, monkeypatch: pytest.
 
     root, plans_path = planned
     folder = client_cases_folder(plans_path, load_plans(plans_path).clients["Dataset003_DemoFetalUS"])
-    before = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.glob("*.npz")}
+    before = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.glob("*.npy")}
     processed = []
     monkeypatch.setattr(preprocessing.runner, "run_case", lambda job, *args: processed.append(job))
     assert main(["-d", "3", "1", "2", "--raw", str(root / "raw"), "--preprocessed", str(root / "pre"),
                  "-np", "1", "--target", "cpu"]) == 0
     assert processed == []  # every case was complete: none processed again
-    assert before and {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.glob("*.npz")} == before
+    assert before and {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.glob("*.npy")} == before
     assert "plans:" in capsys.readouterr().out
 
 
