@@ -9,6 +9,10 @@ for one round (``mucald_train --rounds 1 --iters 25``-equivalent) in its own chi
 
     .venv/bin/python -m benchmarks.train_memory --scales 1 4 16 --work /tmp/tm --out train_memory.md
 
+A scale's result is kept in the work folder (``runs/x<scale>.json``) and reused by a rerun with
+the same plan and settings, so scales may be measured by separate (parallel) invocations and a
+last one with every scale assembles the report.
+
 The goal is judged on peak *anonymous* memory (RssAnon): memory the process owns and that would
 have to be swapped out to be given back. RSS also counts file pages a process has mapped
 (RssFile); those of memory-mapped cases are clean OS page cache, shared and dropped by the kernel
@@ -18,6 +22,7 @@ whenever memory is short, so they grow with what was read, not with what trainin
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -171,6 +176,26 @@ def run_child(plans_path: Path, client_names: list[str], run_folder: Path, args:
     return run_json_child(cmd, args.threads)
 
 
+def measured_scale(plans_path: Path, client_names: list[str], runs: Path, scale: int,
+                   args: argparse.Namespace) -> dict | None:
+    """The child's result for one scale; a rerun with the same work folder, plan and settings
+    reuses it (``runs/x<scale>.json``), so scales can also be measured by separate invocations.
+    Delete those files, or use another work folder, to measure changed code."""
+    settings = {"plans_sha256": hashlib.sha256(Path(plans_path).read_bytes()).hexdigest(), "method": args.method,
+                "rounds": args.rounds, "iters": args.iters, "threads": args.threads, "seed": args.seed}
+    stored = runs / f"x{scale}.json"
+    if stored.is_file():
+        saved = json.loads(stored.read_text())
+        if saved.get("settings") == settings:
+            log(f"    reusing {stored}")
+            return saved["result"]
+    result = run_child(plans_path, client_names, runs / f"x{scale}", args)
+    if result is not None:
+        runs.mkdir(parents=True, exist_ok=True)
+        stored.write_text(json.dumps({"settings": settings, "result": result}, indent=2) + "\n")
+    return result
+
+
 def _mb(value: float) -> str:
     return f"{value / 2**20:.0f}"
 
@@ -280,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
             plans_path, client_names = prepare_scaled_demo(work, args.size, scale, args.workers)
             plans[scale], disk[scale] = plans_path, cases_on_disk(plans_path)
             log(f"[{scale}x] {disk[scale][0]} training cases, {_mb(disk[scale][1])} MB on disk: training")
-            results[scale] = run_child(plans_path, client_names, work / "runs" / f"x{scale}", args)
+            results[scale] = measured_scale(plans_path, client_names, work / "runs", scale, args)
             if results[scale] is not None:
                 r = results[scale]
                 log(f"    peak RSS {_mb(r['peak_rss_bytes'])} MB, peak RssAnon {_mb(r['peak_anon_bytes'])} MB, "

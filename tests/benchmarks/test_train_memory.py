@@ -73,7 +73,10 @@ def test_the_goal_is_judged_on_peak_anonymous_memory() -> None:
 
 def test_main_reports_every_scale_with_ratios_and_a_goal_line(work: Path, tmp_path: Path, one_thread,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    children = []
+
     def in_process(plans_path, clients, run_folder, args):  # the child's measurement, without the child
+        children.append(run_folder.name)
         return train_memory.measure_round(plans_path, clients, run_folder, args.method, args.rounds, args.iters)
 
     monkeypatch.setattr(train_memory, "run_child", in_process)
@@ -86,3 +89,8 @@ def test_main_reports_every_scale_with_ratios_and_a_goal_line(work: Path, tmp_pa
     assert re.match(rf"\| 2x \| {2 * TINY_TRAIN} \| \d+ \| \d+ \| \d\.\d\dx \| \d+ \| \d\.\d\dx \|", rows["2"])
     assert re.search(r"^- goal peak RssAnon flat within 10% from 1x to 2x: (met|NOT met) \(ratios to 1x: 2x "
                      r"\d\.\d\d", text, re.M)
+    assert children == ["x1", "x2"]
+    arguments = ["--size", "tiny", "--scales", "1", "2", "--iters", "1", "--work", str(work), "--out", str(out)]
+    assert train_memory.main(arguments) == 0 and children == ["x1", "x2"]  # measured scales are reused
+    assert out.read_text() == text
+    assert train_memory.main([*arguments, "--seed", "1"]) == 0 and children[2:] == ["x1", "x2"]  # not for others
