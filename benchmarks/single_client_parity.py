@@ -520,6 +520,23 @@ def latest_ours(dataset: ParityDataset, budget: int) -> dict | None:
     return max(found, key=lambda r: r.get("finished", ""), default=None)
 
 
+def take_lock(lock: Path) -> bool:
+    """Claim a run for this process, so two invocations sharing a work folder never train the same run;
+    a lock left by a process that no longer exists is taken over."""
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(2):
+        try:
+            with open(lock, "x") as handle:
+                handle.write(str(os.getpid()))
+            return True
+        except FileExistsError:
+            owner = (lock.read_text() or "0").strip()
+            if owner.isdigit() and psutil.pid_exists(int(owner)):
+                return False
+            lock.unlink(missing_ok=True)
+    return False
+
+
 def get_result(dataset: ParityDataset, tool: str, budget: int, args: argparse.Namespace) -> dict | None:
     """The cached result, else (unless the tool is skipped) a new run; a failed run returns its error.
 
@@ -533,6 +550,10 @@ def get_result(dataset: ParityDataset, tool: str, budget: int, args: argparse.Na
     if skip:
         older = latest_ours(dataset, budget) if tool == "ours" else None
         return {**older, "cached": True, "stale": True} if older else None
+    lock = path.with_name(path.stem + ".lock")
+    if not take_lock(lock):
+        log(f"[{dataset.label}] {tool} budget {budget}: another process is training it ({lock}); skipped")
+        return None
     log(f"[{dataset.label}] {tool} budget {budget}: training ({time.strftime('%H:%M:%S')})")
     started = time.perf_counter()
     try:
@@ -540,6 +561,8 @@ def get_result(dataset: ParityDataset, tool: str, budget: int, args: argparse.Na
     except (StepFailed, subprocess.CalledProcessError, OSError, KeyError, StopIteration, json.JSONDecodeError) as error:
         log(f"    FAILED: {type(error).__name__}: {error}")
         return {"tool": tool, "budget": budget, "failed": f"{type(error).__name__}: {error}"}
+    finally:
+        lock.unlink(missing_ok=True)
     result["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
     write_json(path, result)
     log(f"    done in {time.perf_counter() - started:.0f} s: mean Dice {fmt(result['mean_dice'])}, "

@@ -5,14 +5,24 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import shutil
-from pathlib import Path
 
 import pytest
 
 from benchmarks.single_client_parity import (
-    SplitOptions, build_parity_copy, choose_test_cases, dataset_digest, goal_lines, nnunet_schedule,
-    ours_schedule, ratio, results_table, trainer_class, trainer_source,
+    SplitOptions,
+    build_parity_copy,
+    choose_test_cases,
+    dataset_digest,
+    goal_lines,
+    nnunet_schedule,
+    ours_schedule,
+    ratio,
+    results_table,
+    take_lock,
+    trainer_class,
+    trainer_source,
 )
 from preprocessing.dataset import RawDataset
 
@@ -75,6 +85,14 @@ def test_data_digest_follows_the_bytes_not_the_folder(make_volume_dataset, tmp_p
     changed = dataset_digest(twin)
     (twin / "dataset.json").rename(twin / "dataset.json.bak")  # same bytes under another name
     assert dataset_digest(twin) not in (digest, changed)
+
+
+def test_a_run_is_claimed_once_and_a_dead_owner_releases_it(tmp_path) -> None:
+    lock = tmp_path / "result-b250.lock"
+    assert take_lock(lock) and lock.read_text() == str(os.getpid())
+    assert not take_lock(lock)  # this process (alive) holds it
+    lock.write_text("999999999")  # no such process
+    assert take_lock(lock)
 
 
 # ----------------------------------------------------------------------------- schedules and trainer

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from benchmarks import train_memory
 from benchmarks.train_memory import PeakSampler, cases_on_disk, goal_lines, memory_status, prepare_scaled_demo
@@ -25,13 +24,6 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
         prepare_scaled_demo(folder, "tiny", scale)
     return folder
 
-
-@pytest.fixture
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_a_scaled_federation_has_scale_times_the_presets_cases_and_is_built_once(

@@ -10,7 +10,6 @@ import resource
 from pathlib import Path
 
 import pytest
-import torch
 
 from benchmarks import federation_quality, train_step
 from benchmarks.federation_quality import Run
@@ -27,14 +26,6 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
     prepare_demo(folder, "tiny")
     return folder
 
-
-@pytest.fixture
-def one_thread():
-    """One torch thread, as the benchmark children use on a busy machine; restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def digest(path: Path) -> str:
