@@ -520,6 +520,19 @@ def latest_ours(dataset: ParityDataset, budget: int) -> dict | None:
     return max(found, key=lambda r: r.get("finished", ""), default=None)
 
 
+def process_exists(pid: int) -> bool:
+    """Whether a process with this id runs (signal 0 only asks; psutil is an optional extra)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, owned by someone else
+        return True
+    except OverflowError:
+        return False
+    return True
+
+
 def take_lock(lock: Path) -> bool:
     """Claim a run for this process, so two invocations sharing a work folder never train the same run;
     a lock left by a process that no longer exists is taken over."""
@@ -531,7 +544,7 @@ def take_lock(lock: Path) -> bool:
             return True
         except FileExistsError:
             owner = (lock.read_text() or "0").strip()
-            if owner.isdigit() and psutil.pid_exists(int(owner)):
+            if owner.isdigit() and process_exists(int(owner)):
                 return False
             lock.unlink(missing_ok=True)
     return False

@@ -110,6 +110,7 @@ PLAN_FIELDS: dict[str, PlanField] = {
     "clients.*.normalization": PlanField(OWN, "CT channels: foreground (label > 0) intensity mean, std and "
                                                "0.5/99.5 percentiles; other channels: none", True),
     "clients.*.use_nonzero_mask": PlanField(OWN, IMAGES),
+    "clients.*.planning_notes": PlanField(OWN, IMAGES + " and the budget (why each spacing, patch and batch)"),
     "clients.*.resampling": PlanField(OWN, SETTING),
     "clients.*.fe_channels": PlanField(OWN, SETTING),
     "clients.*.be_channels": PlanField(OWN, SETTING),
