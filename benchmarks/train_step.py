@@ -2,6 +2,11 @@
 """Cost of one training iteration, mucald against splitfed on the same plan: seconds, peak memory,
 and bytes crossing the client/server boundary.
 
+Besides wall seconds each child reports the CPU seconds its process used per iteration (all its
+threads). On a machine shared with other work, wall time with more torch threads than idle cores
+grows erratically (threads wait on each other at every operation) while CPU time at
+``--threads 1`` barely moves, so the CPU table is the comparison to trust there.
+
 An iteration is one ``train_step`` of every client, interleaved as the trainer runs them. Each
 method (and each ``--ablations`` variant of mucald) is measured in its own child process
 (``--child``), so one variant's allocations and thread pools never leak into another's numbers;
@@ -152,15 +157,17 @@ def measure_iterations(plans_path: Path, client_names: list[str], variant: Varia
     for i in range(warmup):
         iteration(first_step + i)
     trainer.transport.drain_manifest()
-    seconds = []
+    seconds, cpu_seconds = [], []
     for i in range(warmup, total):
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         iteration(first_step + i)
         seconds.append(time.perf_counter() - started)
+        cpu_seconds.append(time.process_time() - cpu_started)
     manifest = trainer.transport.drain_manifest()
     crossed = sum(e.num_bytes for e in manifest if e.step >= 0)
     return {"variant": variant.label, "seconds_per_iter": statistics.median(seconds),
             "seconds_min": min(seconds), "seconds_max": max(seconds), "build_seconds": build_seconds,
+            "cpu_seconds_per_iter": statistics.median(cpu_seconds), "cpu_seconds_min": min(cpu_seconds),
             "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,  # KiB on Linux
             "bytes_per_iter": crossed / iters, "messages_per_iter": len(manifest) / iters,
             "threads": torch.get_num_threads(), "clients": len(trainer.clients)}
@@ -215,6 +222,21 @@ def results_table(variants: list[Variant], results: dict[str, list[dict]], repea
             variant.label, seconds, ratio(m["seconds_per_iter"], base and base["seconds_per_iter"]),
             f"{m['peak_rss_bytes'] / 2**20:.0f}", ratio(m["peak_rss_bytes"], base and base["peak_rss_bytes"]),
             f"{m['bytes_per_iter']:,.0f}", ratio(m["bytes_per_iter"], base and base["bytes_per_iter"])]) + " |")
+    return "\n".join(lines)
+
+
+def cpu_table(variants: list[Variant], results: dict[str, list[dict]]) -> str:
+    """CPU seconds per iteration (median over the repeats of each child's median) and their ratio;
+    children of older versions, without the measurement, are left out."""
+    lines = ["| method | CPU s/iter | ratio to splitfed | fastest iteration CPU s |", "|---|---|---|---|"]
+    medians = {label: (statistics.median(r["cpu_seconds_per_iter"] for r in runs),
+                       min(r["cpu_seconds_min"] for r in runs))
+               for label, runs in results.items() if runs and all("cpu_seconds_per_iter" in r for r in runs)}
+    base = medians.get(BASELINE, (None, None))[0]
+    for variant in variants:
+        if variant.label in medians:
+            cpu, fastest = medians[variant.label]
+            lines.append(f"| {variant.label} | {cpu:.3f} | {ratio(cpu, base)} | {fastest:.3f} |")
     return "\n".join(lines)
 
 
@@ -336,12 +358,14 @@ def main(argv: list[str] | None = None) -> int:
                 result = run_child(variant, plans_path, client_names, run_folder, args)
                 if result is not None:
                     results[variant.label].append(result)
-                    log(f"    {result['seconds_per_iter']:.3f} s/iter, peak RSS "
+                    log(f"    {result['seconds_per_iter']:.3f} s/iter ({result['cpu_seconds_per_iter']:.3f} CPU s), peak RSS "
                         f"{result['peak_rss_bytes'] / 2**20:.0f} MB, {result['bytes_per_iter']:,.0f} bytes/iter")
         report = ["# Training iteration: mucald vs splitfed", "",
                   *environment_lines(args, plans_path, (busy_before, busy_cpus())), "",
                   results_table(variants, results, args.repeats), "",
                   "Ratios are to splitfed (below 1.00x: cheaper). An iteration is one step of every client.", "",
+                  "CPU time per iteration (the child's process, all threads; robust to other work on the machine "
+                  "at --threads 1):", "", cpu_table(variants, results), "",
                   *goal_lines(results)]
         text = "\n".join(report) + "\n"
         emit_report(text, args.out)
