@@ -33,6 +33,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 from benchmarks.reporting import emit_report, goal_line, log, run_json_child, unmeasured_goal
 from preprocessing.errors import MucaldError
@@ -165,12 +166,28 @@ def measure_iterations(plans_path: Path, client_names: list[str], variant: Varia
         cpu_seconds.append(time.process_time() - cpu_started)
     manifest = trainer.transport.drain_manifest()
     crossed = sum(e.num_bytes for e in manifest if e.step >= 0)
+    batch_cpu_seconds = batch_production_cpu_seconds(trainer.clients, iters)
     return {"variant": variant.label, "seconds_per_iter": statistics.median(seconds),
             "seconds_min": min(seconds), "seconds_max": max(seconds), "build_seconds": build_seconds,
             "cpu_seconds_per_iter": statistics.median(cpu_seconds), "cpu_seconds_min": min(cpu_seconds),
+            "batch_cpu_seconds_per_iter": statistics.median(batch_cpu_seconds),
             "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,  # KiB on Linux
             "bytes_per_iter": crossed / iters, "messages_per_iter": len(manifest) / iters,
             "threads": torch.get_num_threads(), "clients": len(trainer.clients)}
+
+
+def batch_production_cpu_seconds(clients: Sequence, iters: int) -> list[float]:
+    """CPU seconds of making one iteration's batches (every client's patch cut and augmentation),
+    ``iters`` times: the work the trainer's background thread must finish within one step for
+    the network never to wait. Run after the timed steps, so it does not change them."""
+    seconds = []
+    for _ in range(iters):
+        started = time.process_time()
+        for client in clients:
+            batch = client.sampler.sample_batch()
+            client.augment(batch.images, batch.labels)
+        seconds.append(time.process_time() - started)
+    return seconds
 
 
 def child_main(args: argparse.Namespace) -> int:
@@ -226,17 +243,25 @@ def results_table(variants: list[Variant], results: dict[str, list[dict]], repea
 
 
 def cpu_table(variants: list[Variant], results: dict[str, list[dict]]) -> str:
-    """CPU seconds per iteration (median over the repeats of each child's median) and their ratio;
-    children of older versions, without the measurement, are left out."""
-    lines = ["| method | CPU s/iter | ratio to splitfed | fastest iteration CPU s |", "|---|---|---|---|"]
-    medians = {label: (statistics.median(r["cpu_seconds_per_iter"] for r in runs),
-                       min(r["cpu_seconds_min"] for r in runs))
-               for label, runs in results.items() if runs and all("cpu_seconds_per_iter" in r for r in runs)}
-    base = medians.get(BASELINE, (None, None))[0]
+    """CPU seconds per iteration (median over the repeats of each child's median) and their ratio,
+    beside the CPU seconds of producing that iteration's batches (the background thread's work)
+    and its share of the step's; children of older versions, without a measurement, show "-"."""
+    lines = ["| method | CPU s/iter | ratio to splitfed | fastest iteration CPU s | batch production CPU s/iter "
+             "| share of the step |", "|---|---|---|---|---|---|"]
+
+    def median(runs: list[dict], key: str) -> float | None:
+        return statistics.median(r[key] for r in runs) if all(key in r for r in runs) else None
+
+    medians = {label: (median(runs, "cpu_seconds_per_iter"), min(r["cpu_seconds_min"] for r in runs),
+                       median(runs, "batch_cpu_seconds_per_iter"))
+               for label, runs in results.items() if runs and median(runs, "cpu_seconds_per_iter") is not None}
+    base = medians.get(BASELINE, (None, None, None))[0]
     for variant in variants:
         if variant.label in medians:
-            cpu, fastest = medians[variant.label]
-            lines.append(f"| {variant.label} | {cpu:.3f} | {ratio(cpu, base)} | {fastest:.3f} |")
+            cpu, fastest, batches = medians[variant.label]
+            production = ("- | -" if batches is None else f"{batches:.3f} | {batches / cpu:.0%}" if cpu > 0
+                          else f"{batches:.3f} | -")
+            lines.append(f"| {variant.label} | {cpu:.3f} | {ratio(cpu, base)} | {fastest:.3f} | {production} |")
     return "\n".join(lines)
 
 

@@ -13,7 +13,7 @@ import pytest
 
 from benchmarks import federation_quality, train_step
 from benchmarks.federation_quality import Run
-from benchmarks.train_step import Variant, goal_lines, measure_iterations, prepare_demo, results_table
+from benchmarks.train_step import Variant, cpu_table, goal_lines, measure_iterations, prepare_demo, results_table
 from planners.plans import load_plans
 
 NUMBER = r"\d+\.\d+"
@@ -66,6 +66,7 @@ def test_train_step_measures_each_method_and_reports_ratios(work: Path, one_thre
         assert 2**26 <= result["peak_rss_bytes"] <= resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         assert result["bytes_per_iter"] == expected_bytes and result["messages_per_iter"] == 4 * len(clients)
         assert result["clients"] == len(clients) and result["threads"] == 1
+        assert 0 < result["batch_cpu_seconds_per_iter"] < result["cpu_seconds_per_iter"] * 100
         results[variant.label] = [result]
 
     table = results_table([Variant("splitfed"), Variant("mucald")], results, repeats=1)
@@ -101,6 +102,17 @@ def test_train_step_goal_lines_follow_the_measured_values() -> None:
         "- goal bytes mucald / splitfed within 5%: not measured (mucald did not run)"]
     assert goal_lines({"splitfed": measured(0.4, 1000), "mucald": []})[0] == \
         "- goal time mucald / splitfed <= 1.3: not measured (no result from mucald)"
+
+
+def test_cpu_table_shows_batch_production_beside_the_step() -> None:
+    def child(cpu: float, batches: float | None) -> dict:
+        run = {"cpu_seconds_per_iter": cpu, "cpu_seconds_min": cpu / 2}
+        return run if batches is None else {**run, "batch_cpu_seconds_per_iter": batches}
+
+    results = {"splitfed": [child(0.8, 0.2), child(1.2, 0.4)], "mucald": [child(1.5, None)]}
+    table = cpu_table([Variant("splitfed"), Variant("mucald")], results).splitlines()
+    assert table[2] == "| splitfed | 1.000 | 1.00x | 0.400 | 0.300 | 30% |"
+    assert table[3] == "| mucald | 1.500 | 1.50x | 0.750 | - | - |"  # an older child: not measured
 
 
 def fake_runs(dice: dict[str, list[dict[str, float | None] | None]]) -> tuple[list[Run], dict[Run, dict]]:
