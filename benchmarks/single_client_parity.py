@@ -645,7 +645,8 @@ def goal_lines(results: Mapping[tuple[int, str], dict | None], budgets: Sequence
     note = f"; budgets {', '.join(missing)} not measured for both" if missing else ""
     dice = all((o["mean_dice"] or 0) >= (n["mean_dice"] or 0) for _, o, n in pairs)
     speed = all(o["s_per_iter"] <= n["s_per_iter"] for _, o, n in pairs)
-    return [goal_line(dice_goal, dice, "; ".join(f"{b}: {fmt(o['mean_dice'])} vs {fmt(n['mean_dice'])}"
+    # four digits: a verdict must be readable from its numbers, also when they differ by < 0.001
+    return [goal_line(dice_goal, dice, "; ".join(f"{b}: {fmt(o['mean_dice'], 4)} vs {fmt(n['mean_dice'], 4)}"
                                                  for b, o, n in pairs) + note),
             goal_line(time_goal, speed, "; ".join(f"{b}: {o['s_per_iter']:.3f} vs {n['s_per_iter']:.3f} s"
                                                   for b, o, n in pairs) + note)]

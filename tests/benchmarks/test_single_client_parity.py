@@ -163,10 +163,13 @@ def test_table_rows_and_ratio_row_from_given_numbers() -> None:
 
 def test_goal_lines_judge_only_budgets_both_tools_measured() -> None:
     dice, speed = goal_lines(RESULTS, [250, 1000])
-    assert dice == ("- goal our test Dice >= nnU-Net's at every budget: met (250: 0.700 vs 0.700; "
+    assert dice == ("- goal our test Dice >= nnU-Net's at every budget: met (250: 0.7000 vs 0.7000; "
                     "budgets 1000 not measured for both)")
     assert speed == "- goal our s/iteration <= nnU-Net's: met (250: 0.500 vs 1.000 s; budgets 1000 not measured for both)"
     worse = {**RESULTS, (250, "ours"): result("ours", 250, {"head": 0.1, "brain": 0.1}, 2.0, 800)}
     assert [line.split(":")[1].split("(")[0].strip() for line in goal_lines(worse, [250])] == ["NOT met", "NOT met"]
+    close = {**RESULTS, (250, "ours"): result("ours", 250, {"head": 0.8, "brain": 0.5996}, 0.5, 800)}
+    assert goal_lines(close, [250])[0] == ("- goal our test Dice >= nnU-Net's at every budget: NOT met "
+                                           "(250: 0.6998 vs 0.7000)")  # a gap under 0.001 is visible
     assert goal_lines({}, [250])[0] == ("- goal our test Dice >= nnU-Net's at every budget: not measured "
                                         "(no budget has both tools)")
