@@ -15,6 +15,7 @@ from rich.table import Table
 from mucald_unet.config import (CrdmConfig, DefenceConfig, LrSchedule, Method, OptimizerConfig, OptimizerKind,
                                 TrainingConfig, parse_ablations)
 from mucald_unet.errors import TrainingError
+from mucald_unet.federation.strategies import method_names
 from mucald_unet.federation.transport import CaptureRequest
 from mucald_unet.training.trainer import FederatedTrainer, run_folder_for
 from planners.locate import client_names, find_plans
@@ -61,7 +62,9 @@ def train(
     preprocessed: Annotated[Optional[Path], typer.Option(
         "--preprocessed", help="Preprocessed folder (default: $MUCALD_PREPROCESSED).")] = None,
     results: Annotated[Optional[Path], typer.Option("--results", help="Results folder (default: $MUCALD_RESULTS).")] = None,
-    method: Annotated[Method, typer.Option("--method", help="mucald, or a baseline on the same code path.")] = Method.MUCALD,
+    method: Annotated[str, typer.Option(
+        "--method", metavar="|".join(method_names()),
+        help="mucald, or a baseline on the same code path (docs/federation_methods.md).")] = Method.MUCALD,
     ablate: Annotated[Optional[str], typer.Option(
         "--ablate", help="Comma-separated: no-daca,no-crdm,no-causal,no-diffusion,no-forward-noise.")] = None,
     rounds: Annotated[int, typer.Option("--rounds", min=1, help="Communication rounds.")] = 10,

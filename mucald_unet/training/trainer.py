@@ -17,7 +17,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from mucald_unet.config import Method, TrainingConfig, compose_run_name
+from mucald_unet.config import TrainingConfig, compose_run_name
 from mucald_unet.errors import TrainingError
 from mucald_unet.federation.client import ClientData, SplitClient
 from mucald_unet.federation.server import SplitServer
@@ -144,13 +144,13 @@ class FederatedTrainer:
         data = {name: self._client_data(name) for name in self.client_names}
         self.server = SplitServer(self.plans.federation, self.client_names, config)
         device = torch.device(config.device)
-        local = config.method in (Method.LOCAL, Method.CENTRALIZED)
-        self.transport = (LoopbackTransport(self.server, device) if local
-                          else InMemoryTransport(self.server, device, device))
+        split = config.method_spec.split
+        self.transport = (InMemoryTransport(self.server, device, device) if split
+                          else LoopbackTransport(self.server, device))
         self.capture = capture
         if capture is not None:
-            if local:
-                raise TrainingError(f"--method {config.method.value} has no client/server boundary to capture. "
+            if not split:
+                raise TrainingError(f"--method {config.method} has no client/server boundary to capture. "
                                     "Fix: capture a splitfed or mucald run.")
             self.transport = CapturingTransport(self.transport, capture)
         largest = max(len(d.train) for d in data.values())
