@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 from mucald_unet.training.augmentation import AugmentationConfig
 from mucald_unet.errors import TrainingError
-from mucald_unet.federation.strategies import MethodSpec, method_spec
+from mucald_unet.federation.strategies import MethodSpec, method_names, method_spec
 from mucald_unet.federation.strategies.registry import CRDM, DACA
 
 
@@ -200,6 +200,22 @@ class CrdmConfig:
 
 
 @dataclass(frozen=True)
+class StrategyOptions:
+    """Settings of single methods; each is read only by the methods whose ``MethodSpec.options``
+    name it, and setting it for another method is refused (docs/federation_methods.md)."""
+
+    ditto_lambda: float = 0.1  # weight of Ditto's personal regulariser lambda/2 ||v - w||^2
+    fedper_stages: int = 1  # FedPer: the server segment's last decoder stages kept personal
+    fedrep_head_fraction: float = 0.5  # FedRep: share of each round's steps that train the personal parts
+
+    def __post_init__(self) -> None:
+        if not (self.ditto_lambda >= 0 and self.fedper_stages >= 1 and 0 < self.fedrep_head_fraction < 1):
+            raise TrainingError(f"method options out of range (ditto_lambda={self.ditto_lambda} must be >= 0, "
+                                f"fedper_stages={self.fedper_stages} >= 1, fedrep_head_fraction="
+                                f"{self.fedrep_head_fraction} in (0, 1)).")
+
+
+@dataclass(frozen=True)
 class TrainingConfig:
     method: Method = Method.MUCALD
     ablations: frozenset[Ablation] = frozenset()
@@ -218,6 +234,7 @@ class TrainingConfig:
     crdm: CrdmConfig = field(default_factory=CrdmConfig)
     augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
     defence: DefenceConfig = field(default_factory=DefenceConfig)
+    strategy: StrategyOptions = field(default_factory=StrategyOptions)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "method", Method(self.method))
@@ -228,6 +245,20 @@ class TrainingConfig:
             raise TrainingError(f"ablations ({', '.join(sorted(a.value for a in self.ablations))}) switch "
                             f"off parts of mucald; --method {self.method} has none. Fix: use "
                             "--method mucald with --ablate.")
+        self._check_method_options()
+
+    def _check_method_options(self) -> None:
+        """A method option set for a method that does not read it would only rename the folder."""
+        default = StrategyOptions()
+        for option in fields(StrategyOptions):
+            if getattr(self.strategy, option.name) == getattr(default, option.name):
+                continue
+            if option.name not in self.method_spec.options:
+                owners = [n for n in method_names() if option.name in method_spec(n).options]
+                flag = "--" + option.name.replace("_", "-")
+                alternative = f", or use --method {owners[0]}" if owners else ""
+                raise TrainingError(f"{flag} is an option of --method {' / '.join(owners) or '(none)'}; "
+                                    f"--method {self.method} does not read it. Fix: drop {flag}{alternative}.")
 
     @property
     def method_spec(self) -> MethodSpec:
@@ -292,7 +323,7 @@ class TrainingConfig:
     def from_dict(cls, data: dict[str, Any]) -> "TrainingConfig":
         data = dict(data)
         nested = {"losses": LossWeights, "schedule": AuxiliarySchedule, "optimizer": OptimizerConfig,
-                  "crdm": CrdmConfig}
+                  "crdm": CrdmConfig, "strategy": StrategyOptions}
         for key, kind in nested.items():
             if key in data:
                 data[key] = kind(**data[key])
@@ -313,7 +344,8 @@ _NOT_IN_NAME = frozenset({"method", "ablations", "defence.kind", "defence.streng
 _SHORT_NAMES = {"aggregation": "agg", "fedprox_mu": "mu", "local_norms": "local-norms", "crdm.eval_timestep": "eval-t",
                 "optimizer.lr": "lr", "optimizer.aux_lr": "aux-lr",
                 "optimizer.kind": "opt", "optimizer.schedule": "lr-schedule", "local_epochs": "epochs",
-                "iterations_per_epoch": "iters"}
+                "iterations_per_epoch": "iters", "strategy.ditto_lambda": "ditto-lambda",
+                "strategy.fedper_stages": "fedper-stages", "strategy.fedrep_head_fraction": "fedrep-head"}
 MAX_RUN_NAME = 96  # longer names keep their leading labels and end in a digest of all of them
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -276,7 +276,9 @@ class FederatedTrainer:
                                 "cannot be lengthened, as its warm-up and ramp span its whole length. Fix: repeat "
                                 "the original flags with --resume, or drop --resume to start this run.")
         checkpoint = load_checkpoint(path, self.config.device)
-        check_compatible(checkpoint, path, self.config.to_dict(), self.digest)
+        # settings added since the run started (e.g. ``strategy``) compare at their defaults
+        saved = replace(checkpoint, config=TrainingConfig.from_dict(checkpoint.config).to_dict())
+        check_compatible(saved, path, self.config.to_dict(), self.digest)
         if sorted(checkpoint.clients) != sorted(self.client_names):
             raise TrainingError(f"{path} holds clients {', '.join(sorted(checkpoint.clients))}; this run has "
                                 f"{', '.join(self.client_names)}. Fix: resume with the same -d list.")
