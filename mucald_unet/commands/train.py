@@ -84,7 +84,8 @@ def train(
     local_norms: Annotated[bool, typer.Option(
         "--local-norms", help="Keep the server segment's normalisation parameters per client (FedBN).")] = False,
     ditto_lambda: Annotated[float, typer.Option(
-        "--ditto-lambda", min=0.0, help="--method ditto: weight of the personal regulariser.")] = StrategyOptions.ditto_lambda,
+        "--ditto-lambda", min=0.0,
+        help="--method ditto: weight of the personal regulariser.")] = StrategyOptions.ditto_lambda,
     fedper_stages: Annotated[int, typer.Option(
         "--fedper-stages", min=1, help="--method fedper: the server segment's last decoder stages kept "
         "personal (with its output block).")] = StrategyOptions.fedper_stages,

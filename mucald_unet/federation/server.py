@@ -23,7 +23,7 @@ from mucald_unet.daca.gradient_reversal import reverse_gradient
 from mucald_unet.errors import DivergenceError, TrainingError
 from mucald_unet.federation.aggregation import ClientReport, strategy_from_name, weighted_average
 from mucald_unet.federation.messages import VALIDATION_STEP, Kind, Message
-from mucald_unet.federation.strategies import SegmentSlot, StrategyContext, is_norm_key  # noqa: F401 (re-export)
+from mucald_unet.federation.strategies import SegmentSlot, StrategyContext
 from mucald_unet.networks.segments import build_server_segment
 from mucald_unet.training.optimization import apply_schedule, module_optimizer
 from planners.plans import FederationPlan

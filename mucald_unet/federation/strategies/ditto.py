@@ -30,7 +30,7 @@ class Ditto(SegmentStrategy):
             raise TrainingError("--method ditto keeps each client's whole deployed server segment personal; "
                                 "--local-norms has no meaning there. Fix: drop --local-norms.")
         super().__init__(context)
-        self.tracks = {}
+        self.tracks: dict[str, SegmentSlot] = {}
         for client in context.clients:
             module = copy.deepcopy(context.global_segment)
             self.tracks[client] = SegmentSlot(module, context.new_optimizer(module))

@@ -77,7 +77,8 @@ def test_a_resumed_run_keeps_the_strategy_state_and_equals_an_uninterrupted_one(
     with pytest.raises(KeyboardInterrupt):
         killed.run()
     FederatedTrainer(tiny_federation, CLIENTS, config, tmp_path / "resumed").run(resume=True)
-    straight, resumed = server_and_strategy_state(tmp_path / "straight"), server_and_strategy_state(tmp_path / "resumed")
+    straight = server_and_strategy_state(tmp_path / "straight")
+    resumed = server_and_strategy_state(tmp_path / "resumed")
     assert any(k.startswith("server.strategy.") for k in straight) and straight.keys() == resumed.keys()
     for key, value in straight.items():
         assert torch.equal(value, resumed[key]), key

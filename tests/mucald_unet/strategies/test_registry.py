@@ -43,7 +43,8 @@ def test_method_names_are_plain_strings_with_the_old_constants() -> None:
 
 def test_new_methods_name_their_folders_like_the_old_ones() -> None:
     assert [TrainingConfig(method=n).run_name for n in METHODS] == METHODS
-    assert TrainingConfig(method="fedper", strategy=StrategyOptions(fedper_stages=2)).run_name == "fedper__fedper-stages-2"
+    fedper = TrainingConfig(method="fedper", strategy=StrategyOptions(fedper_stages=2))
+    assert fedper.run_name == "fedper__fedper-stages-2"
     assert (TrainingConfig(method="ditto", seed=1, strategy=StrategyOptions(ditto_lambda=0.5)).run_name
             == "ditto__seed-1__ditto-lambda-0.5")
     assert TrainingConfig(method="fedrep", strategy=StrategyOptions(fedrep_head_fraction=0.8)).run_name == \
@@ -63,7 +64,8 @@ def test_an_option_of_another_method_is_refused() -> None:
 
 def test_the_command_refuses_an_unknown_method_naming_the_valid_ones(tmp_path: Path,
                                                                     capsys: pytest.CaptureFixture) -> None:
-    assert train_main(["-d", "1", "--preprocessed", str(tmp_path), "--results", str(tmp_path), "--method", "fedma"]) == 1
+    assert train_main(["-d", "1", "--preprocessed", str(tmp_path), "--results", str(tmp_path),
+                       "--method", "fedma"]) == 1
     err = " ".join(capsys.readouterr().err.split())
     assert "unknown method 'fedma'" in err and "scaffold, ditto" in err
     assert train_main(["-d", "1", "--preprocessed", str(tmp_path), "--method", "splitfed", "--ditto-lambda", "1"]) == 1
