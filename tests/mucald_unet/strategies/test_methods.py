@@ -92,3 +92,14 @@ def test_a_checkpoint_from_before_the_strategy_options_still_resumes(tiny_federa
     save_checkpoint(tmp_path / FINAL, checkpoint)
     summary = FederatedTrainer(tiny_federation, CLIENTS, quick_config("splitfed", rounds=1), tmp_path).run(resume=True)
     assert summary.rounds_done == 1
+
+
+def test_fedprox_and_splitfed_train_the_same_weights_at_the_same_mu(tiny_federation: Path, tmp_path: Path) -> None:
+    """docs/federation_methods.md: splitfed's recipe carries the same proximal term."""
+    for method in ("fedprox", "splitfed"):
+        FederatedTrainer(tiny_federation, CLIENTS, quick_config(method, iterations=2, fedprox_mu=0.05),
+                         tmp_path / method).run()
+    fedprox = server_and_strategy_state(tmp_path / "fedprox")
+    splitfed = server_and_strategy_state(tmp_path / "splitfed")
+    assert fedprox.keys() == splitfed.keys()
+    assert all(torch.equal(value, splitfed[key]) for key, value in fedprox.items())
