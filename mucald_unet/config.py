@@ -11,19 +11,41 @@ import hashlib
 import re
 from dataclasses import asdict, dataclass, field, fields
 from enum import Enum
-from typing import Any
+from typing import Any, ClassVar
 
 from mucald_unet.training.augmentation import AugmentationConfig
 from mucald_unet.errors import TrainingError
+from mucald_unet.federation.strategies import MethodSpec, method_names, method_spec
+from mucald_unet.federation.strategies.registry import CRDM, DACA
 
 
-class Method(str, Enum):
-    """The four ways to train one federation; all share one code path."""
+class Method(str):
+    """A registered method's name (``mucald_train --method``; the registry in
+    ``mucald_unet/federation/strategies``). ``Method(name)`` refuses a name that is not registered and
+    lists those that are; the constants name the four original methods, which share one code path
+    with every baseline."""
 
-    MUCALD = "mucald"  # split network + CRDM at both split points + DACA
-    SPLITFED = "splitfed"  # the same split network, plain
-    LOCAL = "local"  # every client trains its own full network alone
-    CENTRALIZED = "centralized"  # all data in one place, one shared middle (non-private reference)
+    MUCALD: ClassVar[Method]  # split network + CRDM at both split points + DACA
+    SPLITFED: ClassVar[Method]  # the same split network, plain
+    LOCAL: ClassVar[Method]  # every client trains its own full network alone
+    CENTRALIZED: ClassVar[Method]  # all data in one place, one shared middle (non-private reference)
+    __slots__ = ()
+
+    def __new__(cls, name: str) -> Method:
+        return super().__new__(cls, method_spec(str(name)).name)
+
+    @property
+    def value(self) -> str:
+        """The name, as the Enum this replaced offered it."""
+        return str(self)
+
+    @property
+    def spec(self) -> MethodSpec:
+        return method_spec(self)
+
+
+Method.MUCALD, Method.SPLITFED, Method.LOCAL, Method.CENTRALIZED = (
+    Method(name) for name in ("mucald", "splitfed", "local", "centralized"))
 
 
 class Ablation(str, Enum):
@@ -178,6 +200,22 @@ class CrdmConfig:
 
 
 @dataclass(frozen=True)
+class StrategyOptions:
+    """Settings of single methods; each is read only by the methods whose ``MethodSpec.options``
+    name it, and setting it for another method is refused (docs/federation_methods.md)."""
+
+    ditto_lambda: float = 0.1  # weight of Ditto's personal regulariser lambda/2 ||v - w||^2
+    fedper_stages: int = 1  # FedPer: the server segment's last decoder stages kept personal
+    fedrep_head_fraction: float = 0.5  # FedRep: share of each round's steps that train the personal parts
+
+    def __post_init__(self) -> None:
+        if not (self.ditto_lambda >= 0 and self.fedper_stages >= 1 and 0 < self.fedrep_head_fraction < 1):
+            raise TrainingError(f"method options out of range (ditto_lambda={self.ditto_lambda} must be >= 0, "
+                                f"fedper_stages={self.fedper_stages} >= 1, fedrep_head_fraction="
+                                f"{self.fedrep_head_fraction} in (0, 1)).")
+
+
+@dataclass(frozen=True)
 class TrainingConfig:
     method: Method = Method.MUCALD
     ablations: frozenset[Ablation] = frozenset()
@@ -196,28 +234,48 @@ class TrainingConfig:
     crdm: CrdmConfig = field(default_factory=CrdmConfig)
     augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
     defence: DefenceConfig = field(default_factory=DefenceConfig)
+    strategy: StrategyOptions = field(default_factory=StrategyOptions)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "method", Method(self.method))
         for name in ("rounds", "local_epochs", "iterations_per_epoch"):
             if getattr(self, name) < 1:
                 raise TrainingError(f"{name} must be at least 1 (got {getattr(self, name)}).")
-        if self.ablations and self.method is not Method.MUCALD:
+        if self.ablations and not self.method_spec.components:
             raise TrainingError(f"ablations ({', '.join(sorted(a.value for a in self.ablations))}) switch "
-                            f"off parts of mucald; --method {self.method.value} has none. Fix: use "
+                            f"off parts of mucald; --method {self.method} has none. Fix: use "
                             "--method mucald with --ablate.")
+        self._check_method_options()
+
+    def _check_method_options(self) -> None:
+        """A method option set for a method that does not read it would only rename the folder."""
+        default = StrategyOptions()
+        for option in fields(StrategyOptions):
+            if getattr(self.strategy, option.name) == getattr(default, option.name):
+                continue
+            if option.name not in self.method_spec.options:
+                owners = [n for n in method_names() if option.name in method_spec(n).options]
+                flag = "--" + option.name.replace("_", "-")
+                alternative = f", or use --method {owners[0]}" if owners else ""
+                raise TrainingError(f"{flag} is an option of --method {' / '.join(owners) or '(none)'}; "
+                                    f"--method {self.method} does not read it. Fix: drop {flag}{alternative}.")
+
+    @property
+    def method_spec(self) -> MethodSpec:
+        return method_spec(self.method)
 
     @property
     def uses_crdm(self) -> bool:
-        return self.method is Method.MUCALD and Ablation.NO_CRDM not in self.ablations
+        return CRDM in self.method_spec.components and Ablation.NO_CRDM not in self.ablations
 
     @property
     def uses_daca(self) -> bool:
-        return self.method is Method.MUCALD and Ablation.NO_DACA not in self.ablations
+        return DACA in self.method_spec.components and Ablation.NO_DACA not in self.ablations
 
     @property
     def federated(self) -> bool:
         """Whether server segments are averaged across clients at each round's end."""
-        return self.method in (Method.MUCALD, Method.SPLITFED)
+        return self.method_spec.federated
 
     @property
     def run_name(self) -> str:
@@ -226,7 +284,7 @@ class TrainingConfig:
 
     def identity_labels(self) -> list[str]:
         """What the run is: the method, its ablations in a fixed order, then the defence."""
-        parts = [self.method.value] + sorted(a.value for a in self.ablations)
+        parts = [str(self.method)] + sorted(a.value for a in self.ablations)
         return parts + ([self.defence.label] if self.defence.active else [])
 
     def setting_labels(self) -> list[str]:
@@ -254,7 +312,7 @@ class TrainingConfig:
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
-        data["method"] = self.method.value
+        data["method"] = str(self.method)
         data["optimizer"].update(kind=self.optimizer.kind.value, schedule=self.optimizer.schedule.value)
         data["ablations"] = sorted(a.value for a in self.ablations)
         data["augmentation"] = self.augmentation.to_dict()
@@ -265,7 +323,7 @@ class TrainingConfig:
     def from_dict(cls, data: dict[str, Any]) -> "TrainingConfig":
         data = dict(data)
         nested = {"losses": LossWeights, "schedule": AuxiliarySchedule, "optimizer": OptimizerConfig,
-                  "crdm": CrdmConfig}
+                  "crdm": CrdmConfig, "strategy": StrategyOptions}
         for key, kind in nested.items():
             if key in data:
                 data[key] = kind(**data[key])
@@ -273,7 +331,7 @@ class TrainingConfig:
             data["augmentation"] = AugmentationConfig.from_dict(data["augmentation"])
         if "defence" in data:
             data["defence"] = DefenceConfig(DefenceKind(data["defence"]["kind"]), float(data["defence"]["strength"]))
-        data["method"] = Method(data.get("method", Method.MUCALD.value))
+        data["method"] = Method(data.get("method", Method.MUCALD))
         data["ablations"] = frozenset(Ablation(a) for a in data.get("ablations", ()))
         known = {f.name for f in fields(cls)}
         unknown = set(data) - known
@@ -286,7 +344,8 @@ _NOT_IN_NAME = frozenset({"method", "ablations", "defence.kind", "defence.streng
 _SHORT_NAMES = {"aggregation": "agg", "fedprox_mu": "mu", "local_norms": "local-norms", "crdm.eval_timestep": "eval-t",
                 "optimizer.lr": "lr", "optimizer.aux_lr": "aux-lr",
                 "optimizer.kind": "opt", "optimizer.schedule": "lr-schedule", "local_epochs": "epochs",
-                "iterations_per_epoch": "iters"}
+                "iterations_per_epoch": "iters", "strategy.ditto_lambda": "ditto-lambda",
+                "strategy.fedper_stages": "fedper-stages", "strategy.fedrep_head_fraction": "fedrep-head"}
 MAX_RUN_NAME = 96  # longer names keep their leading labels and end in a digest of all of them
 
 

@@ -20,6 +20,7 @@ from rich.table import Table
 from inference.commands import evaluate, predict
 from mucald_unet.commands import train
 from mucald_unet.config import Method, TrainingConfig
+from mucald_unet.federation.strategies import method_names
 from planners.commands import plan_and_preprocess
 from preprocessing.cli_support import entry_points
 from preprocessing.commands import make_demo, verify
@@ -37,10 +38,12 @@ def demo(
     size: Annotated[make_demo.DemoSize, typer.Option("--size", help="Demo size.")] = make_demo.DemoSize.small,
     rounds: Annotated[int, typer.Option("--rounds", min=1, help="Training rounds.")] = 10,
     iters: Annotated[int, typer.Option("--iters", min=1, help="Iterations per round.")] = 25,
-    method: Annotated[Method, typer.Option("--method", help="mucald or a baseline.")] = Method.MUCALD,
+    method: Annotated[str, typer.Option("--method", metavar="|".join(method_names()),
+                                        help="mucald or a baseline.")] = Method.MUCALD,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the demo data and the training.")] = 0,
 ) -> None:
     """make demo -> verify -> plan and preprocess -> train -> predict imagesTs -> evaluate -> table."""
+    method = Method(method)  # an unknown name is refused here, with the valid ones, before any stage runs
     console = Console(highlight=False, soft_wrap=True)
     raw, pre, res, preds = out / "raw", out / "preprocessed", out / "results", out / "predictions"
     datasets = list(DEMO_DATASETS)

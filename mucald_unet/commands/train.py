@@ -13,8 +13,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from mucald_unet.config import (CrdmConfig, DefenceConfig, LrSchedule, Method, OptimizerConfig, OptimizerKind,
-                                TrainingConfig, parse_ablations)
+                                StrategyOptions, TrainingConfig, parse_ablations)
 from mucald_unet.errors import TrainingError
+from mucald_unet.federation.strategies import method_names
 from mucald_unet.federation.transport import CaptureRequest
 from mucald_unet.training.trainer import FederatedTrainer, run_folder_for
 from planners.locate import client_names, find_plans
@@ -61,7 +62,9 @@ def train(
     preprocessed: Annotated[Optional[Path], typer.Option(
         "--preprocessed", help="Preprocessed folder (default: $MUCALD_PREPROCESSED).")] = None,
     results: Annotated[Optional[Path], typer.Option("--results", help="Results folder (default: $MUCALD_RESULTS).")] = None,
-    method: Annotated[Method, typer.Option("--method", help="mucald, or a baseline on the same code path.")] = Method.MUCALD,
+    method: Annotated[str, typer.Option(
+        "--method", metavar="|".join(method_names()),
+        help="mucald, or a baseline on the same code path (docs/federation_methods.md).")] = Method.MUCALD,
     ablate: Annotated[Optional[str], typer.Option(
         "--ablate", help="Comma-separated: no-daca,no-crdm,no-causal,no-diffusion,no-forward-noise.")] = None,
     rounds: Annotated[int, typer.Option("--rounds", min=1, help="Communication rounds.")] = 10,
@@ -80,6 +83,15 @@ def train(
     fedprox_mu: Annotated[float, typer.Option("--fedprox-mu", min=0.0, help="FedProx weight on SS.")] = 1e-3,
     local_norms: Annotated[bool, typer.Option(
         "--local-norms", help="Keep the server segment's normalisation parameters per client (FedBN).")] = False,
+    ditto_lambda: Annotated[float, typer.Option(
+        "--ditto-lambda", min=0.0,
+        help="--method ditto: weight of the personal regulariser.")] = StrategyOptions.ditto_lambda,
+    fedper_stages: Annotated[int, typer.Option(
+        "--fedper-stages", min=1, help="--method fedper: the server segment's last decoder stages kept "
+        "personal (with its output block).")] = StrategyOptions.fedper_stages,
+    fedrep_head_fraction: Annotated[float, typer.Option(
+        "--fedrep-head-fraction", min=0.0, max=1.0, help="--method fedrep: share of each round's steps that "
+        "train the personal parts before the shared body.")] = StrategyOptions.fedrep_head_fraction,
     eval_timestep: Annotated[Optional[int], typer.Option(
         "--eval-timestep", min=1, help="Noise level of what crosses at evaluation (default: the plan's, T/2); "
         "training draws timesteps up to it. Lower keeps more Dice and less privacy.")] = None,
@@ -107,6 +119,8 @@ def train(
                             local_epochs=local_epochs, iterations_per_epoch=iters, fold=fold, seed=seed,
                             device=chosen_device, aggregation=aggregation.value, fedprox_mu=fedprox_mu,
                             local_norms=local_norms,
+                            strategy=StrategyOptions(ditto_lambda=ditto_lambda, fedper_stages=fedper_stages,
+                                                     fedrep_head_fraction=fedrep_head_fraction),
                             optimizer=OptimizerConfig(kind=optimizer, lr=lr or optimizer.default_lr,
                                                       schedule=lr_schedule),
                             crdm=CrdmConfig(eval_timestep=eval_timestep), defence=DefenceConfig.parse(defence))

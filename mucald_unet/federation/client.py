@@ -64,6 +64,7 @@ class SplitClient:
         self.seg_loss = segmentation_loss(config.losses.ce_in_seg)
         has_edges = any(plan.causal_graph.parents.values())
         self.proxy_scale = 1.0 if has_edges else config.crdm.weak_proxy_scale
+        self.schedule = config.method_spec.schedule(config)  # FedRep: some steps train only the server
         self._round_terms: list[tuple] = []  # per step: (term names, their values as one tensor)
 
     @property
@@ -135,9 +136,10 @@ class SplitClient:
             roots.append(weighted_sum(head_terms, weights))
             grads.append(torch.ones((), device=self.device))
         torch.autograd.backward(roots, grads)
-        params = [p for group in self.optimizer.param_groups for p in group["params"]]
-        torch.nn.utils.clip_grad_norm_(params, self.config.optimizer.grad_clip, foreach=True)
-        self.optimizer.step()
+        if self.schedule.phase(step).client:
+            params = [p for group in self.optimizer.param_groups for p in group["params"]]
+            torch.nn.utils.clip_grad_norm_(params, self.config.optimizer.grad_clip, foreach=True)
+            self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self._round_terms.append(({**head_terms, **tail_terms}.keys(), values))
         return float(values[len(head_terms)])  # seg; already on the host side of the one sync

@@ -4,9 +4,9 @@ Everything here sees only what crosses the boundary: split-point features and gr
 shared-module weights and round-end scalars. It answers ``Message``s (``handle``), so the same
 object serves an in-memory simulation or a network front end.
 
-Server segments by method: federated runs keep one copy per client during a round and average
-them when every client has reported (FedAvg family, FedProx towards the last average); ``local``
-keeps per-client copies that are never averaged; ``centralized`` uses one segment for all.
+Server segments by method (``mucald_unet/federation/strategies``): one copy per client, or one
+for all (``centralized``); the method's strategy decides which keys are averaged when every client
+has reported, what it adds to each step's loss or gradient, and what it keeps between rounds.
 """
 
 from __future__ import annotations
@@ -17,21 +17,16 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from mucald_unet.config import Method, TrainingConfig
+from mucald_unet.config import TrainingConfig
 from mucald_unet.daca.discriminator import DomainDiscriminator
 from mucald_unet.daca.gradient_reversal import reverse_gradient
 from mucald_unet.errors import DivergenceError, TrainingError
-from mucald_unet.federation.aggregation import (ClientReport, fedprox_penalty, strategy_from_name,
-                                                weighted_average)
+from mucald_unet.federation.aggregation import ClientReport, strategy_from_name, weighted_average
 from mucald_unet.federation.messages import VALIDATION_STEP, Kind, Message
+from mucald_unet.federation.strategies import SegmentSlot, StrategyContext
 from mucald_unet.networks.segments import build_server_segment
 from mucald_unet.training.optimization import apply_schedule, module_optimizer
 from planners.plans import FederationPlan
-
-
-def is_norm_key(name: str) -> bool:
-    """State keys of DynUNet's normalisation layers (``...norm1.weight``)."""
-    return ".norm" in name or name.startswith("norm")
 
 
 @dataclass
@@ -41,6 +36,7 @@ class _Pending:
     inputs: Tensor
     outputs: Tensor
     adversarial: list[Tensor]
+    slot: SegmentSlot  # the copy that ran the forward pass (Ditto trains two per client)
 
 
 @dataclass
@@ -61,9 +57,11 @@ class SplitServer:
         self.config = config
         self.clients = list(client_names)
         self.device = torch.device(config.device)
-        self.strategy = strategy_from_name(config.aggregation)
+        self.method = config.method_spec
+        self.weighting = strategy_from_name(config.aggregation)  # how much each client counts
+        self.schedule = self.method.schedule(config)
         self.global_segment = build_server_segment(federation).to(self.device)
-        if config.method is Method.CENTRALIZED:
+        if self.method.single_segment:
             self.segments = {c: self.global_segment for c in self.clients}
             shared_optimizer = self._segment_optimizer(self.global_segment)
             self.optimizers = {c: shared_optimizer for c in self.clients}
@@ -71,6 +69,8 @@ class SplitServer:
             self.segments = {c: copy.deepcopy(self.global_segment) for c in self.clients}
             self.optimizers = {c: self._segment_optimizer(m) for c, m in self.segments.items()}
         self.reference = self._snapshot(self.global_segment)
+        self.strategy = self.method.strategy(StrategyContext(config, tuple(self.clients), self.global_segment,
+                                                             self._segment_optimizer))
         self.discriminators = nn.ModuleDict()
         if config.uses_daca:
             dims, channels = federation.server_segment.spatial_dims, federation.split_channels
@@ -143,9 +143,10 @@ class SplitServer:
             segment.eval()
             with torch.no_grad():
                 return self._reply(message, Kind.FEATURES, "split2", {"features": segment(features)})
-        segment.train()
+        slot = self.strategy.segment_to_train(client, message.step, SegmentSlot(segment, self.optimizers[client]))
+        slot.module.train()
         inputs = features.requires_grad_(True)
-        outputs = segment(inputs)
+        outputs = slot.module(inputs)
         adversarial = []
         if self.discriminators:
             weight = self._adversarial_weight(client, message.round, message.step)
@@ -156,7 +157,7 @@ class SplitServer:
                 adversarial.append(loss)
                 self._metrics[client].add(f"disc_{split}", loss)
                 self._metrics[client].add(f"disc_acc_{split}", (logits.argmax(1) == domain).float().mean())
-        self._pending[client] = _Pending(inputs, outputs, adversarial)
+        self._pending[client] = _Pending(inputs, outputs, adversarial, slot)
         return self._reply(message, Kind.FEATURES, "split2", {"features": outputs.detach()})
 
     def _adversarial_weight(self, client: str, round_index: int, step: int) -> float:
@@ -171,21 +172,19 @@ class SplitServer:
         pending = self._pending.pop(client, None)
         if pending is None:
             raise TrainingError(f"{client} sent a gradient without a forward pass in step {message.step}")
-        segment, optimizer = self.segments[client], self.optimizers[client]
+        segment, optimizer = pending.slot.module, pending.slot.optimizer
         loss = (pending.outputs * message.tensors["gradient"]).sum() + sum(pending.adversarial)
-        if self.config.federated and self.config.fedprox_mu > 0:
-            reference = self.reference
-            if self.config.local_norms:  # a client's own norms are not pulled towards the average
-                reference = {**reference, **{k: v.detach() for k, v in segment.named_parameters() if is_norm_key(k)}}
-            proximal = fedprox_penalty(segment, reference, self.config.fedprox_mu)
-            self._metrics[client].add("fedprox", proximal)
-            loss = loss + proximal
+        for name, term in self.strategy.extra_terms(client, segment, self.reference).items():
+            self._metrics[client].add(name, term)
+            loss = loss + term
         if not torch.isfinite(loss):
             raise DivergenceError(client, "server segment", message.round)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(segment.parameters(), self.config.optimizer.grad_clip, foreach=True)
-        apply_schedule(optimizer, self.config.optimizer, self.config.progress(message.round, message.step))
-        optimizer.step()
+        if self.schedule.phase(message.step).server:
+            torch.nn.utils.clip_grad_norm_(segment.parameters(), self.config.optimizer.grad_clip, foreach=True)
+            self.strategy.correct_gradients(client, segment)
+            apply_schedule(optimizer, self.config.optimizer, self.config.progress(message.round, message.step))
+            optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         self._step_discriminators_when_all_seen(client, message.step)
         return self._reply(message, Kind.GRADIENT, "split1", {"gradient": pending.inputs.grad})
@@ -214,18 +213,14 @@ class SplitServer:
 
     def aggregation_weights(self) -> dict[str, float]:
         reports = [self._reports[c] for c in self.clients]
-        return dict(zip(self.clients, (float(w) for w in self.strategy.weights(reports))))
+        return dict(zip(self.clients, (float(w) for w in self.weighting.weights(reports))))
 
     def _aggregate(self) -> None:
         weights = self.aggregation_weights()
-        self.last_weights = weights if (self.config.federated or self._uploads) else {}
+        self.last_weights = weights if (self.method.federated or self._uploads) else {}
         w = [weights[c] for c in self.clients]
-        if self.config.federated:
-            averaged = weighted_average([self.segments[c].state_dict() for c in self.clients], w)
-            self.global_segment.load_state_dict(averaged)
-            shared = {k: v for k, v in averaged.items() if not (self.config.local_norms and is_norm_key(k))}
-            for segment in self.segments.values():
-                segment.load_state_dict({**segment.state_dict(), **shared})
+        if self.method.federated:
+            self.strategy.aggregate(self.segments, self.global_segment, weights)
             self.reference = self._snapshot(self.global_segment)
         if self._uploads:
             missing = set(self.clients) - set(self._uploads)
@@ -254,6 +249,7 @@ class SplitServer:
                                         if self.discriminator_optimizer else None),
             "num_samples": dict(self.num_samples),
             "shared_global": self.shared_global,
+            "strategy": self.strategy.state_dict(),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -271,3 +267,4 @@ class SplitServer:
             self.discriminator_optimizer.load_state_dict(state["discriminator_optimizer"])
         self.num_samples = dict(state["num_samples"])
         self.shared_global = {k: v.to(self.device) for k, v in state["shared_global"].items()}
+        self.strategy.load_state_dict(state.get("strategy", {}))

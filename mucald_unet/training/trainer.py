@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 import torch
 
-from mucald_unet.config import Method, TrainingConfig, compose_run_name
+from mucald_unet.config import TrainingConfig, compose_run_name
 from mucald_unet.errors import TrainingError
 from mucald_unet.federation.client import ClientData, SplitClient
 from mucald_unet.federation.server import SplitServer
@@ -144,13 +144,13 @@ class FederatedTrainer:
         data = {name: self._client_data(name) for name in self.client_names}
         self.server = SplitServer(self.plans.federation, self.client_names, config)
         device = torch.device(config.device)
-        local = config.method in (Method.LOCAL, Method.CENTRALIZED)
-        self.transport = (LoopbackTransport(self.server, device) if local
-                          else InMemoryTransport(self.server, device, device))
+        split = config.method_spec.split
+        self.transport = (InMemoryTransport(self.server, device, device) if split
+                          else LoopbackTransport(self.server, device))
         self.capture = capture
         if capture is not None:
-            if local:
-                raise TrainingError(f"--method {config.method.value} has no client/server boundary to capture. "
+            if not split:
+                raise TrainingError(f"--method {config.method} has no client/server boundary to capture. "
                                     "Fix: capture a splitfed or mucald run.")
             self.transport = CapturingTransport(self.transport, capture)
         largest = max(len(d.train) for d in data.values())
@@ -276,7 +276,9 @@ class FederatedTrainer:
                                 "cannot be lengthened, as its warm-up and ramp span its whole length. Fix: repeat "
                                 "the original flags with --resume, or drop --resume to start this run.")
         checkpoint = load_checkpoint(path, self.config.device)
-        check_compatible(checkpoint, path, self.config.to_dict(), self.digest)
+        # settings added since the run started (e.g. ``strategy``) compare at their defaults
+        saved = replace(checkpoint, config=TrainingConfig.from_dict(checkpoint.config).to_dict())
+        check_compatible(saved, path, self.config.to_dict(), self.digest)
         if sorted(checkpoint.clients) != sorted(self.client_names):
             raise TrainingError(f"{path} holds clients {', '.join(sorted(checkpoint.clients))}; this run has "
                                 f"{', '.join(self.client_names)}. Fix: resume with the same -d list.")
