@@ -224,6 +224,7 @@ class TrainingConfig:
     iterations_per_epoch: int = 25
     fold: int = 0
     seed: int = 0
+    max_train_cases: int | None = None  # scarce-data runs: a fixed random subset of each fold's training cases
     device: str = "cpu"
     aggregation: str = "equal"
     fedprox_mu: float = 1e-3
@@ -241,6 +242,9 @@ class TrainingConfig:
         for name in ("rounds", "local_epochs", "iterations_per_epoch"):
             if getattr(self, name) < 1:
                 raise TrainingError(f"{name} must be at least 1 (got {getattr(self, name)}).")
+        if self.max_train_cases is not None and self.max_train_cases < 1:
+            raise TrainingError(f"max_train_cases must be at least 1 (got {self.max_train_cases}). Fix: give "
+                                "--max-train-cases 1 or more, or leave it out to train on the whole fold.")
         if self.ablations and not self.method_spec.components:
             raise TrainingError(f"ablations ({', '.join(sorted(a.value for a in self.ablations))}) switch "
                             f"off parts of mucald; --method {self.method} has none. Fix: use "
@@ -344,7 +348,8 @@ _NOT_IN_NAME = frozenset({"method", "ablations", "defence.kind", "defence.streng
 _SHORT_NAMES = {"aggregation": "agg", "fedprox_mu": "mu", "local_norms": "local-norms", "crdm.eval_timestep": "eval-t",
                 "optimizer.lr": "lr", "optimizer.aux_lr": "aux-lr",
                 "optimizer.kind": "opt", "optimizer.schedule": "lr-schedule", "local_epochs": "epochs",
-                "iterations_per_epoch": "iters", "strategy.ditto_lambda": "ditto-lambda",
+                "iterations_per_epoch": "iters",
+                "max_train_cases": "max-train-cases", "strategy.ditto_lambda": "ditto-lambda",
                 "strategy.fedper_stages": "fedper-stages", "strategy.fedrep_head_fraction": "fedrep-head"}
 MAX_RUN_NAME = 96  # longer names keep their leading labels and end in a digest of all of them
 

@@ -72,6 +72,9 @@ def train(
     iters: Annotated[int, typer.Option("--iters", min=1, help="Iterations per local epoch.")] = 25,
     fold: Annotated[int, typer.Option("--fold", min=0, help="Validation fold (5-fold split per client).")] = 0,
     seed: Annotated[int, typer.Option("--seed", help="Seed; equal seeds give equal weights on CPU.")] = 0,
+    max_train_cases: Annotated[Optional[int], typer.Option(
+        "--max-train-cases", min=1, help="Train each client on at most N of its fold's training cases (a fixed "
+        "random subset, the same for every seed): scarce-data experiments. Validation keeps the whole fold.")] = None,
     aggregation: Annotated[Aggregation, typer.Option("--aggregation", help="Weights of the round average.")] = Aggregation.equal,
     optimizer: Annotated[OptimizerKind, typer.Option(
         "--optimizer", help="sgd (nnU-Net's, Nesterov momentum) or adamw, for every trained part.")] = OptimizerConfig.kind,
@@ -117,7 +120,8 @@ def train(
     chosen_device = resolve_device(device)
     config = TrainingConfig(method=method, ablations=parse_ablations(ablate), rounds=rounds,
                             local_epochs=local_epochs, iterations_per_epoch=iters, fold=fold, seed=seed,
-                            device=chosen_device, aggregation=aggregation.value, fedprox_mu=fedprox_mu,
+                            max_train_cases=max_train_cases, device=chosen_device,
+                            aggregation=aggregation.value, fedprox_mu=fedprox_mu,
                             local_norms=local_norms,
                             strategy=StrategyOptions(ditto_lambda=ditto_lambda, fedper_stages=fedper_stages,
                                                      fedrep_head_fraction=fedrep_head_fraction),

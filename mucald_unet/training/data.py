@@ -62,6 +62,20 @@ def fold_split(case_ids: Sequence[str], fold: int, num_folds: int = 5, seed: int
     return [ids[i] for i in train_idx], [ids[i] for i in val_idx]
 
 
+def scarce_subset(train_ids: Sequence[str], max_cases: int | None, seed: int = 12345) -> list[str]:
+    """At most ``max_cases`` of a fold's training ids, drawn at random but the same for every run.
+
+    A scarce-data experiment must vary the labelled cases, not the training seed: the draw uses
+    the split's fixed seed, so runs with different ``--seed`` see the same subset, and the first
+    ``n`` ids of a larger draw are the ``n`` of a smaller one (8 cases are a subset of 16).
+    """
+    ids = sorted(train_ids)
+    if max_cases is None or max_cases >= len(ids):
+        return ids
+    order = np.random.default_rng(seed).permutation(len(ids))
+    return sorted(ids[i] for i in order[:max_cases])
+
+
 def list_case_ids(cases_folder: Path, expected: ExpectedCases | None = None) -> list[str]:
     """Ids of the finished preprocessed cases in a folder (a ``.json`` with all its arrays), sorted.
 

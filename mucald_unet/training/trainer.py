@@ -28,7 +28,7 @@ from mucald_unet.training.batch_stream import InterleavedRoundBatches
 from mucald_unet.training.checkpoint import (BEST, FINAL, Checkpoint, capture_rng_state, check_compatible,
                                              load_checkpoint, plans_digest, restore_rng_state, save_checkpoint)
 from mucald_unet.training.curves import plot_training_curves
-from mucald_unet.training.data import fold_split, list_case_ids, load_training_cases
+from mucald_unet.training.data import fold_split, list_case_ids, load_training_cases, scarce_subset
 from mucald_unet.training.proxy_targets import ProxyTargets
 from mucald_unet.training.run_log import RunLog
 from planners.pipeline import PROXIES_FILE, client_cases_folder, expected_cases
@@ -170,6 +170,7 @@ class FederatedTrainer:
             train_ids, val_ids = self.case_selection[name].train, self.case_selection[name].validation
         else:
             train_ids, val_ids = fold_split(list_case_ids(folder, expected), self.config.fold, source=folder)
+            train_ids = scarce_subset(train_ids, self.config.max_train_cases)
         proxies = ProxyTargets.load(folder.parent / PROXIES_FILE, plan.causal_graph,
                                     self.plans.federation.causal.num_nodes)
         return ClientData(load_training_cases(folder, train_ids, expected),

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mucald_unet.training.data import (PatchSampler, TrainingCase, fold_split, list_case_ids,
+from mucald_unet.training.data import (PatchSampler, TrainingCase, fold_split, list_case_ids, scarce_subset,
                                        load_training_cases)
 from preprocessing.case_preprocessing import CaseProperties, PreprocessedCase, foreground_locations
 from preprocessing.case_store import save_case
@@ -242,3 +242,13 @@ def test_sampler_rejects_cases_that_do_not_fit_the_plan() -> None:
         PatchSampler([case], (8, 8), 2, 0.3, 0, np.random.default_rng(0))
     with pytest.raises(DatasetError, match="case c"):
         PatchSampler([case], (8, 8, 8), 2, 0.3, None, np.random.default_rng(0))
+
+
+def test_scarce_subsets_are_fixed_random_and_nested() -> None:
+    ids = [f"case_{i:03d}" for i in range(40)]
+    eight = scarce_subset(ids, 8)
+    assert len(eight) == 8 and eight == sorted(eight) and set(eight) <= set(ids)
+    assert eight == scarce_subset(list(reversed(ids)), 8)  # listing order does not matter
+    assert eight != ids[:8]  # a random draw, not the first ids (generators order cases by kind)
+    assert set(eight) <= set(scarce_subset(ids, 16))  # 8 cases are a subset of 16
+    assert scarce_subset(ids, None) == ids and scarce_subset(ids, 40) == ids and scarce_subset(ids, 99) == ids

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from mucald_unet.config import Ablation
+from mucald_unet.config import Ablation, TrainingConfig
 from mucald_unet.errors import DivergenceError, TrainingError
 from mucald_unet.federation.messages import VALIDATION_STEP
 from mucald_unet.federation.transport import CaptureRequest
@@ -290,3 +290,20 @@ def test_a_3d_federation_trains_and_validates(tmp_path: Path) -> None:
     assert summary.rounds_done == 1 and 0.0 <= summary.final_dice["Dataset002_DemoLungCT"] <= 1.0
     assert isinstance(run.clients[0].front_end.stem.conv1.conv, torch.nn.Conv3d)
     assert len(run.clients[0].splits["crdm1"].denoiser.downsample) == 3
+
+
+def test_max_train_cases_trains_on_a_fixed_subset_and_validates_on_the_whole_fold(tiny_federation: Path,
+                                                                                 tmp_path: Path) -> None:
+    whole = trainer(tiny_federation, tmp_path / "whole")
+    scarce = trainer(tiny_federation, tmp_path / "scarce", max_train_cases=2, seed=1)
+    for full, few in zip(whole.clients, scarce.clients):
+        full_ids = {c.case_id for c in full.data.train}
+        few_ids = {c.case_id for c in few.data.train}
+        assert len(few_ids) == 2 and few_ids < full_ids
+        assert [c.case_id for c in few.data.validation] == [c.case_id for c in full.data.validation]
+    again = trainer(tiny_federation, tmp_path / "again", max_train_cases=2, seed=2)
+    assert [{c.case_id for c in x.data.train} for x in again.clients] == \
+        [{c.case_id for c in x.data.train} for x in scarce.clients]  # the seed trains, it does not pick cases
+    assert TrainingConfig(max_train_cases=2).run_name == "mucald__max-train-cases-2"
+    with pytest.raises(TrainingError, match="--max-train-cases 1 or more"):
+        quick_config(max_train_cases=0)
