@@ -1,14 +1,18 @@
 #!/usr/bin/env python3
-"""Validation Dice of mucald against splitfed, local and centralized training with the same budget.
+"""The referee of the federation methods: validation Dice of every registered method (mucald, the
+paper's baselines, local and centralized training) under the same budget, split and recipe.
 
-Every (data, method, seed) run trains in its own child process (``--child``) with the same
-rounds, local epochs, iterations per epoch and fold 0, and writes ``summary.json`` into its run
-folder; a crashed run is reported, not fatal, and rerunning with the same ``--work`` skips the
-runs that finished with the same settings. The report is markdown: per data set, the final
-round's validation Dice per client (mean +- std over seeds), the goal lines, and per method the
-last round's loss terms per client from ``log.jsonl``.
+Every (data, regime, budget, method, seed) run trains in its own child process (``--child``) on
+fold 0 and writes ``summary.json`` into its run folder; a crashed run is reported, not fatal, and
+rerunning with the same ``--work`` skips the runs that finished with the same settings. Runs go
+seed by seed, so a report cut short still compares every method on the seeds it has. Regimes:
+``generated`` (every training case of the fold) and ``scarce`` (``--scarce-cases`` of them per
+client, a fixed subset: ``mucald_train --max-train-cases``). The report is markdown: per data set,
+regime and budget, the final round's validation Dice per client and its mean (mean +- std over
+seeds), each method's gap to local training, the goal lines, and mucald's last-round loss terms.
 
-    .venv/bin/python -m benchmarks.federation_quality --seeds 0 1 2 --work /tmp/fq --out quality.md
+    .venv/bin/python -m benchmarks.federation_quality --seeds 0 1 2 --regimes generated scarce \
+        --budgets 10x25 40x25 --data both --jobs 2 --work /tmp/fq --out quality.md
 """
 
 from __future__ import annotations
@@ -34,11 +38,50 @@ from preprocessing.errors import MucaldError
 SUMMARY_FILE = "summary.json"
 CHILD_LOG = "child.log"
 LOG_FILE = "log.jsonl"  # the trainer's per-round log (mucald_unet.training.trainer.LOG_FILE)
-METHODS = ("mucald", "splitfed", "local", "centralized")
+REFERENCE_METHODS = ("local", "centralized")  # not federated baselines: the goals compare against the rest
+FEDPROX_MU = 0.01  # fedprox's mu in the referee; at the recipe's 1e-3 it trains splitfed's weights
 REAL_IDS = ("101", "102", "103")
 PYRADIOMICS_CANDIDATES = (REPO / "shared" / "data" / "pyradiomics",
                           REPO.parent / "shared" / "data" / "pyradiomics")
-GOAL_MARGIN_OVER_LOCAL = 0.05
+GOAL_MARGIN_OVER_LOCAL = {"generated": 0.0, "scarce": 0.05}
+REGIMES = ("generated", "scarce")
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Rounds x iterations per local epoch (one local epoch per round), written ``10x25``."""
+
+    rounds: int
+    iters: int
+
+    @property
+    def label(self) -> str:
+        return f"{self.rounds}x{self.iters}"
+
+    @classmethod
+    def parse(cls, text: str) -> "Budget":
+        try:
+            rounds, iters = (int(part) for part in text.lower().split("x"))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"budget {text!r} is not ROUNDSxITERS (e.g. 10x25)") from None
+        if min(rounds, iters) < 1:
+            raise argparse.ArgumentTypeError(f"budget {text!r} needs at least 1 round and 1 iteration")
+        return cls(rounds, iters)
+
+
+@dataclass(frozen=True)
+class QualityVariant(Variant):
+    """A method variant as the referee trains it; ``fedprox_mu`` overrides the recipe's mu."""
+
+    fedprox_mu: float | None = None
+
+    @property
+    def label(self) -> str:
+        return super().label + (f" (mu {self.fedprox_mu:g})" if self.fedprox_mu is not None else "")
+
+    @property
+    def folder_name(self) -> str:
+        return super().folder_name + (f"__mu-{self.fedprox_mu:g}" if self.fedprox_mu is not None else "")
 
 
 @dataclass(frozen=True)
@@ -51,16 +94,24 @@ class Run:
     plans_path: Path
     clients: tuple[str, ...]
     folder: Path
+    regime: str = "generated"
+    budget: Budget = Budget(10, 25)
+    max_train_cases: int | None = None  # set in the scarce regime
 
     @property
     def label(self) -> str:
-        return f"{self.data} {self.variant.label} seed {self.seed}"
+        return f"{self.data} {self.regime} {self.budget.label} {self.variant.label} seed {self.seed}"
+
+    @property
+    def section(self) -> tuple[str, str, Budget]:
+        return self.data, self.regime, self.budget
 
 
 def run_settings(run: Run, args: argparse.Namespace) -> dict:
-    """What makes a finished run reusable: the same plan, method, budget and seed."""
+    """What makes a finished run reusable: the same plan, method, data, budget and seed."""
     return {"plans": str(run.plans_path), "method": run.variant.method, "ablations": run.variant.ablations,
-            "rounds": args.rounds, "local_epochs": args.local_epochs, "iters": args.iters,
+            "fedprox_mu": getattr(run.variant, "fedprox_mu", None), "max_train_cases": run.max_train_cases,
+            "rounds": run.budget.rounds, "local_epochs": args.local_epochs, "iters": run.budget.iters,
             "fold": 0, "seed": run.seed}
 
 
@@ -98,9 +149,10 @@ def child_main(args: argparse.Namespace) -> int:
     from preprocessing.atomic import write_json_atomic
 
     torch.set_num_threads(args.threads)
+    mu = {} if args.fedprox_mu is None else {"fedprox_mu": args.fedprox_mu}
     config = TrainingConfig(method=Method(args.method), ablations=parse_ablations(args.ablate),
-                            rounds=args.rounds, local_epochs=args.local_epochs,
-                            iterations_per_epoch=args.iters, seed=args.seed, fold=0)
+                            rounds=args.rounds, local_epochs=args.local_epochs, iterations_per_epoch=args.iters,
+                            seed=args.seed, fold=0, max_train_cases=args.max_train_cases, **mu)
     started = time.perf_counter()
     # the parent found no finished summary here, so what a killed child left is discarded
     summary = FederatedTrainer(args.plans, args.clients, config, args.run_folder).run(overwrite=True)
@@ -138,6 +190,10 @@ def run_child(run: Run, settings: dict, threads: int) -> dict:
            "--threads", str(threads), "--settings", json.dumps(settings)]
     if run.variant.ablations:
         cmd += ["--ablate", run.variant.ablations]
+    if settings["fedprox_mu"] is not None:
+        cmd += ["--fedprox-mu", str(settings["fedprox_mu"])]
+    if settings["max_train_cases"] is not None:
+        cmd += ["--max-train-cases", str(settings["max_train_cases"])]
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     with open(run.folder / CHILD_LOG, "wb") as child_log:
         rc = subprocess.run(cmd, cwd=REPO, env=env, stdout=child_log, stderr=subprocess.STDOUT,
@@ -211,16 +267,21 @@ def short(client: str) -> str:
 
 
 def dice_table(runs: list[Run], results: dict[Run, dict], labels: list[str], clients: tuple[str, ...]) -> str:
-    header = ["method", *(short(c) for c in clients), "mean over clients", "runs ok"]
+    """Per method: each client's Dice and the mean over clients (mean ± std over seeds), then the
+    mean's gap to local training (difference of the seed means) and how many runs finished."""
+    header = ["method", *(short(c) for c in clients), "mean over clients", "gap to local", "runs ok"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    local = mean_over_seeds(runs, results, "local", None)
     for label in labels:
         total = sum(1 for r in runs if r.variant.label == label)
         per_seed = dice_by_seed(runs, results, label)
         if not per_seed:
-            lines.append(f"| {label} |" + " FAILED |" * (len(clients) + 1) + f" 0/{total} |")
+            lines.append(f"| {label} |" + " FAILED |" * (len(clients) + 2) + f" 0/{total} |")
             continue
         cells = [mean_std([d.get(c) for d in per_seed]) for c in clients]
         cells.append(mean_std([client_mean(d) for d in per_seed]))
+        mean = mean_over_seeds(runs, results, label, None)
+        cells.append("-" if local is None or mean is None else f"{mean - local:+.3f}")
         lines.append("| " + " | ".join([label, *cells, f"{len(per_seed)}/{total}"]) + " |")
     return "\n".join(lines)
 
@@ -231,27 +292,61 @@ def mean_over_seeds(runs: list[Run], results: dict[Run, dict], label: str, clien
     return statistics.fmean(values) if values else None
 
 
-def goal_lines(runs: list[Run], results: dict[Run, dict], clients: tuple[str, ...]) -> list[str]:
-    """The quality goals, each judged on the Dice measured, or 'not measured' with the reason."""
-    above_goal = "mucald > splitfed on every client"
-    local_goal = f"mucald mean >= local mean + {GOAL_MARGIN_OVER_LOCAL}"
+def federated_baselines(runs: list[Run]) -> list[str]:
+    """Labels of the federated methods mucald is judged against: all but mucald, local, centralized."""
+    labels = dict.fromkeys(r.variant.label for r in runs)
+    return [label for label in labels if label.split()[0] not in ("mucald", *REFERENCE_METHODS)]
+
+
+def goal_lines(runs: list[Run], results: dict[Run, dict], clients: tuple[str, ...],
+               regime: str = "generated") -> list[str]:
+    """The issue's quality goals, each judged on the Dice measured, or 'not measured' with the reason."""
+    return [best_federated_goal(runs, results, clients), above_splitfed_goal(runs, results, clients),
+            local_goal(runs, results, clients, regime)]
+
+
+def best_federated_goal(runs: list[Run], results: dict[Run, dict], clients: tuple[str, ...]) -> str:
+    goal = "mucald mean >= every other federated method's mean"
+    rivals = federated_baselines(runs)
+    means = {label: mean_over_seeds(runs, results, label, None) for label in ["mucald", *rivals]}
+    reason = unmeasured_reason(runs, results, {"mucald": {"the mean": means["mucald"]}})
+    if reason or not rivals:
+        return unmeasured_goal(goal, reason or "no other federated method ran")
+    measured_rivals = {label: v for label, v in means.items() if label != "mucald" and v is not None}
+    if not measured_rivals:
+        return unmeasured_goal(goal, "every other federated run failed")
+    best = max(measured_rivals, key=measured_rivals.get)
+    beaten = [label for label, v in measured_rivals.items() if v > means["mucald"]]
+    measured = f"mucald {means['mucald']:.3f}, best other {best} {measured_rivals[best]:.3f}"
+    if beaten:
+        measured += "; above mucald: " + ", ".join(beaten)
+    unmeasured = [label for label in rivals if means[label] is None]
+    if unmeasured:
+        measured += "; not measured: " + ", ".join(unmeasured)
+    return goal_line(goal, not beaten, measured)
+
+
+def above_splitfed_goal(runs: list[Run], results: dict[Run, dict], clients: tuple[str, ...]) -> str:
+    goal = "mucald > splitfed on every client"
     mucald = {c: mean_over_seeds(runs, results, "mucald", c) for c in clients}
     splitfed = {c: mean_over_seeds(runs, results, "splitfed", c) for c in clients}
     reason = unmeasured_reason(runs, results, {"mucald": mucald, "splitfed": splitfed})
     if reason:
-        lines = [unmeasured_goal(above_goal, reason)]
-    else:
-        above = all(mucald[c] > splitfed[c] for c in clients)
-        measured = ", ".join(f"{short(c)} {mucald[c]:.3f} vs {splitfed[c]:.3f}" for c in clients)
-        lines = [goal_line(above_goal, above, measured)]
+        return unmeasured_goal(goal, reason)
+    measured = ", ".join(f"{short(c)} {mucald[c]:.3f} vs {splitfed[c]:.3f}" for c in clients)
+    return goal_line(goal, all(mucald[c] > splitfed[c] for c in clients), measured)
+
+
+def local_goal(runs: list[Run], results: dict[Run, dict], clients: tuple[str, ...], regime: str) -> str:
+    margin = GOAL_MARGIN_OVER_LOCAL[regime]
+    goal = f"mucald mean >= local mean + {margin:g}" if margin else "mucald mean >= local mean"
     ours, local = (mean_over_seeds(runs, results, m, None) for m in ("mucald", "local"))
     reason = unmeasured_reason(runs, results, {"mucald": {"any client": ours}, "local": {"any client": local}})
     if reason:
-        lines.append(unmeasured_goal(local_goal, reason))
-    else:
-        lines.append(goal_line(local_goal, ours >= local + GOAL_MARGIN_OVER_LOCAL,
-                               f"mucald {ours:.3f} vs local {local:.3f}, difference {ours - local:+.3f}"))
-    return lines
+        return unmeasured_goal(goal, reason)
+    # rounded as printed, so a verdict never contradicts the numbers beside it
+    met = round(ours - local, 3) >= margin
+    return goal_line(goal, met, f"mucald {ours:.3f} vs local {local:.3f}, difference {ours - local:+.3f}")
 
 
 def unmeasured_reason(runs: list[Run], results: dict[Run, dict], values: dict[str, dict[str, float | None]]) -> str:
@@ -298,48 +393,69 @@ def loss_table(runs: list[Run], results: dict[Run, dict], label: str, clients: t
     return "\n".join(lines)
 
 
+def regime_text(regime: str, args: argparse.Namespace) -> str:
+    if regime == "scarce":
+        return f"scarce ({args.scarce_cases} labelled training cases per client, the same subset every seed)"
+    return "generated (every training case of fold 0)"
+
+
 def report(datasets: dict[str, tuple[Path, list[str]]], runs: list[Run], results: dict[Run, dict],
            labels: list[str], args: argparse.Namespace, seconds: float) -> str:
     import importlib.metadata
     import platform
 
-    lines = ["# Federation quality: mucald vs splitfed, local and centralized", "",
+    lines = ["# Federation quality: every method under the same budget, split and recipe", "",
              f"- machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
              f"torch {importlib.metadata.version('torch')}",
-             f"- budget, the same for every method: {args.rounds} round(s) x {args.local_epochs} local "
-             f"epoch(s) x {args.iters} iterations, fold 0; seeds {', '.join(map(str, args.seeds))}",
+             f"- budgets (rounds x iterations, {args.local_epochs} local epoch(s) per round), the same for "
+             f"every method: {', '.join(b.label for b in args.budgets)}; fold 0; seeds "
+             f"{', '.join(map(str, args.seeds))}",
              f"- {args.jobs} run(s) at a time, {max(1, args.threads // args.jobs)} torch thread(s) each; "
              f"wall time {seconds / 60:.1f} min (runs finished earlier are reused, not retimed)",
-             "- Dice: each client's mean validation Dice (foreground classes) after the last round; "
-             "mean ± std over seeds; 'mean over clients' averages the clients per seed first"]
-    for data, (plans_path, clients) in datasets.items():
-        data_runs = [r for r in runs if r.data == data]
-        lines += ["", f"## {data}: validation Dice after round {args.rounds}", "",
-                  f"Plan: {plans_path}", *plan_table(plans_path), "",
-                  dice_table(data_runs, results, labels, tuple(clients)), "",
-                  *goal_lines(data_runs, results, tuple(clients))]
-        for label in labels:
-            table = loss_table(data_runs, results, label, tuple(clients))
+             "- Dice: each client's mean validation Dice (foreground classes, whole fold-0 validation set) "
+             "after the last round; mean ± std over seeds; 'mean over clients' averages the clients per seed "
+             "first; 'gap to local' is that mean minus local training's",
+             f"- fedprox runs at mu {FEDPROX_MU:g}: at the recipe's default mu (1e-3, which splitfed and mucald "
+             "carry) it trains the same weights as splitfed"]
+    sections = list(dict.fromkeys(r.section for r in runs))
+    for data, regime, budget in sections:
+        plans_path, clients = datasets[data]
+        section_runs = [r for r in runs if r.section == (data, regime, budget)]
+        lines += ["", f"## {data}, {regime}, {budget.label}: validation Dice after round {budget.rounds}", "",
+                  f"Regime: {regime_text(regime, args)}. Plan: {plans_path}", *plan_table(plans_path), "",
+                  dice_table(section_runs, results, labels, tuple(clients)), "",
+                  *goal_lines(section_runs, results, tuple(clients), regime)]
+        for label in (label for label in labels if label.startswith("mucald")):
+            table = loss_table(section_runs, results, label, tuple(clients))
             if table:
-                lines += ["", f"### {data}, {label}: last round's mean loss terms (mean over seeds)", "", table]
-        failed = [r for r in data_runs if "error" in results[r]]
-        for run in failed:
+                lines += ["", f"### {data}, {regime}, {budget.label}, {label}: last round's mean loss terms "
+                          "(mean over seeds)", "", table]
+        for run in (r for r in section_runs if "error" in results[r]):
             lines += ["", f"FAILED {run.label} ({results[run]['error']}): see {run.folder / CHILD_LOG}"]
     return "\n".join(lines) + "\n"
 
 
 # ------------------------------------------------------------------------------------------ main
 
+def registered_methods() -> list[str]:
+    from mucald_unet.federation.strategies import method_names
+
+    return list(method_names())
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=10, help="Communication rounds.")
+    parser.add_argument("--budgets", type=Budget.parse, nargs="+", default=[Budget(10, 25)],
+                        help="ROUNDSxITERS budgets, e.g. 10x25 40x25 (default: 10x25).")
     parser.add_argument("--local-epochs", type=int, default=1, help="Local epochs per round.")
-    parser.add_argument("--iters", type=int, default=25, help="Iterations per local epoch.")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="Training seeds.")
-    parser.add_argument("--methods", default=",".join(METHODS), help="Comma-separated methods.")
+    parser.add_argument("--methods", help="Comma-separated methods (default: every registered one).")
     parser.add_argument("--ablations", help="Extra mucald variants, comma-separated (e.g. no-daca,no-crdm); "
                         "join ablations of one variant with + (no-daca+no-crdm).")
+    parser.add_argument("--regimes", nargs="+", choices=REGIMES, default=["generated"],
+                        help="generated (whole fold) and/or scarce (--scarce-cases per client).")
+    parser.add_argument("--scarce-cases", type=int, default=8, help="Training cases per client when scarce.")
     parser.add_argument("--data", choices=["demo", "real", "both"], default="demo",
                         help="demo federation, the pyradiomics slice federation, or both.")
     parser.add_argument("--size", default="small", choices=["tiny", "small", "medium"], help="Demo size.")
@@ -356,25 +472,45 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--method", help=argparse.SUPPRESS)
     parser.add_argument("--ablate", help=argparse.SUPPRESS)
     parser.add_argument("--seed", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--rounds", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--iters", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--fedprox-mu", type=float, help=argparse.SUPPRESS)
+    parser.add_argument("--max-train-cases", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--plans", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--clients", nargs="*", help=argparse.SUPPRESS)
     parser.add_argument("--run-folder", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--settings", default="{}", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if min(args.rounds, args.local_epochs, args.iters, args.jobs, args.threads) < 1:
-        parser.error("--rounds, --local-epochs, --iters, --jobs and --threads must be >= 1")
+    if not args.child and (args.rounds or args.iters):
+        parser.error("give the budget as --budgets ROUNDSxITERS (e.g. --budgets 10x25), not --rounds/--iters")
+    if min(args.local_epochs, args.jobs, args.threads, args.scarce_cases) < 1:
+        parser.error("--local-epochs, --jobs, --threads and --scarce-cases must be >= 1")
     return args
 
 
 def variants_of(args: argparse.Namespace) -> list[Variant]:
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    unknown = sorted(set(methods) - set(METHODS))
+    known = registered_methods()
+    methods = [m.strip() for m in (args.methods or ",".join(known)).split(",") if m.strip()]
+    unknown = sorted(set(methods) - set(known))
     if unknown:
-        raise SystemExit(f"error: unknown method(s) {', '.join(unknown)}; use any of {', '.join(METHODS)}.")
+        raise SystemExit(f"error: unknown method(s) {', '.join(unknown)}; use any of {', '.join(known)}.")
     try:
-        return [Variant(m) for m in dict.fromkeys(methods)] + ablation_variants(args.ablations)
+        return [QualityVariant(m, fedprox_mu=FEDPROX_MU if m == "fedprox" else None)
+                for m in dict.fromkeys(methods)] + ablation_variants(args.ablations)
     except MucaldError as error:  # an unknown ablation name; the message lists the valid ones
         raise SystemExit(f"error: {error}") from None
+
+
+def plan_runs(datasets: dict[str, tuple[Path, list[str]]], variants: list[Variant], args: argparse.Namespace,
+              work: Path) -> list[Run]:
+    """Every run, seed by seed (then data, regime, budget, method): a cut-short report still
+    compares every method on the seeds that finished."""
+    return [Run(data, variant, seed, plans_path, tuple(clients),
+                work / "runs" / data / regime / budget.label / variant.folder_name / f"seed{seed}",
+                regime, budget, args.scarce_cases if regime == "scarce" else None)
+            for seed in args.seeds
+            for data, (plans_path, clients) in datasets.items()
+            for regime in args.regimes for budget in args.budgets for variant in variants]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -402,10 +538,7 @@ def main(argv: list[str] | None = None) -> int:
         if not datasets:
             log("nothing to run.")
             return 1
-        runs = [Run(data, variant, seed, plans_path, tuple(clients),
-                    work / "runs" / data / variant.folder_name / f"seed{seed}")
-                for data, (plans_path, clients) in datasets.items()
-                for seed in args.seeds for variant in variants]
+        runs = plan_runs(datasets, variants, args, work)
         results = run_all(runs, args)
         text = report(datasets, runs, results, [v.label for v in variants], args,
                       time.perf_counter() - started)

@@ -4,6 +4,7 @@ and every goal line is judged on measured values (or says that nothing was measu
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import re
 import resource
@@ -129,57 +130,99 @@ def fake_runs(dice: dict[str, list[dict[str, float | None] | None]]) -> tuple[li
 def test_federation_quality_goal_lines_follow_the_measured_dice() -> None:
     clients = ("D1_A", "D2_B")
     runs, results = fake_runs({"mucald": [{"D1_A": 0.8, "D2_B": 0.7}, {"D1_A": 0.6, "D2_B": 0.7}],
-                               "splitfed": [{"D1_A": 0.5, "D2_B": 0.6}], "local": [{"D1_A": 0.5, "D2_B": 0.55}]})
-    assert federation_quality.goal_lines(runs, results, clients) == [
+                               "splitfed": [{"D1_A": 0.5, "D2_B": 0.6}], "fedbn": [{"D1_A": 0.6, "D2_B": 0.6}],
+                               "local": [{"D1_A": 0.6, "D2_B": 0.7}], "centralized": [{"D1_A": 0.9, "D2_B": 0.9}]})
+    assert federation_quality.goal_lines(runs, results, clients, "scarce") == [
+        "- goal mucald mean >= every other federated method's mean: met (mucald 0.700, best other fedbn 0.600)",
         "- goal mucald > splitfed on every client: met (A 0.700 vs 0.500, B 0.700 vs 0.600)",
-        "- goal mucald mean >= local mean + 0.05: met (mucald 0.700 vs local 0.525, difference +0.175)"]
+        "- goal mucald mean >= local mean + 0.05: met (mucald 0.700 vs local 0.650, difference +0.050)"]
     runs, results = fake_runs({"mucald": [{"D1_A": 0.8, "D2_B": 0.5}], "splitfed": [{"D1_A": 0.5, "D2_B": 0.6}],
-                               "local": [{"D1_A": 0.7, "D2_B": 0.6}]})
-    assert federation_quality.goal_lines(runs, results, clients) == [
+                               "fedrep": [{"D1_A": 0.7, "D2_B": 0.7}], "ditto": [None],
+                               "local": [{"D1_A": 0.7, "D2_B": 0.61}]})
+    assert federation_quality.goal_lines(runs, results, clients, "generated") == [
+        "- goal mucald mean >= every other federated method's mean: NOT met (mucald 0.650, best other fedrep "
+        "0.700; above mucald: fedrep; not measured: ditto)",
         "- goal mucald > splitfed on every client: NOT met (A 0.800 vs 0.500, B 0.500 vs 0.600)",
-        "- goal mucald mean >= local mean + 0.05: NOT met (mucald 0.650 vs local 0.650, difference +0.000)"]
+        "- goal mucald mean >= local mean: NOT met (mucald 0.650 vs local 0.655, difference -0.005)"]
 
 
 def test_federation_quality_goals_are_not_judged_without_a_measurement() -> None:
     clients = ("D1_A", "D2_B")
     runs, results = fake_runs({"splitfed": [{"D1_A": 0.5, "D2_B": 0.6}], "local": [{"D1_A": 0.5, "D2_B": 0.6}]})
     assert federation_quality.goal_lines(runs, results, clients) == [
+        "- goal mucald mean >= every other federated method's mean: not measured (mucald did not run)",
         "- goal mucald > splitfed on every client: not measured (mucald did not run)",
-        "- goal mucald mean >= local mean + 0.05: not measured (mucald did not run)"]
+        "- goal mucald mean >= local mean: not measured (mucald did not run)"]
     runs, results = fake_runs({"mucald": [None, None], "splitfed": [{"D1_A": 0.5, "D2_B": 0.6}]})
-    assert federation_quality.goal_lines(runs, results, clients) == [
+    assert federation_quality.goal_lines(runs, results, clients)[1:] == [
         "- goal mucald > splitfed on every client: not measured (every mucald run failed)",
-        "- goal mucald mean >= local mean + 0.05: not measured (every mucald run failed)"]
-    runs, results = fake_runs({"mucald": [{"D1_A": 0.8, "D2_B": None}], "splitfed": [{"D1_A": 0.5, "D2_B": 0.6}],
-                               "local": [None]})
-    assert federation_quality.goal_lines(runs, results, clients) == [
+        "- goal mucald mean >= local mean: not measured (every mucald run failed)"]
+    runs, results = fake_runs({"mucald": [{"D1_A": 0.8, "D2_B": None}], "splitfed": [None], "local": [None]})
+    assert federation_quality.goal_lines(runs, results, clients, "scarce") == [
+        "- goal mucald mean >= every other federated method's mean: not measured (every other federated run "
+        "failed)",
         "- goal mucald > splitfed on every client: not measured (mucald has no Dice for B)",
         "- goal mucald mean >= local mean + 0.05: not measured (every local run failed)"]
+
+
+def test_federation_quality_table_shows_the_gap_to_local() -> None:
+    runs, results = fake_runs({"mucald": [{"D1_A": 0.8, "D2_B": 0.6}, {"D1_A": 0.6, "D2_B": 0.6}],
+                               "local": [{"D1_A": 0.5, "D2_B": 0.6}], "fedbn": [None]})
+    table = federation_quality.dice_table(runs, results, ["mucald", "local", "fedbn"], ("D1_A", "D2_B"))
+    assert table.splitlines()[2:] == [
+        "| mucald | 0.700 ± 0.141 | 0.600 ± 0.000 | 0.650 ± 0.071 | +0.100 | 2/2 |",
+        "| local | 0.500 | 0.600 | 0.550 | +0.000 | 1/1 |",
+        "| fedbn | FAILED | FAILED | FAILED | FAILED | 0/1 |"]
+
+
+def test_federation_quality_budgets_and_methods_are_checked() -> None:
+    assert federation_quality.Budget.parse("40x25") == federation_quality.Budget(40, 25)
+    with pytest.raises(SystemExit):
+        federation_quality.parse_args(["--budgets", "40"])
+    with pytest.raises(SystemExit):
+        federation_quality.parse_args(["--rounds", "3"])  # the budget is one flag, not two
+    variants = federation_quality.variants_of(federation_quality.parse_args([]))
+    labels = [v.label for v in variants]
+    assert {"mucald", "splitfed", "local", "centralized", "fedbn", "fedper", "fedrep", "scaffold", "ditto"} <= set(labels)
+    assert "fedprox (mu 0.01)" in labels  # at the recipe's mu it would repeat splitfed
+    with pytest.raises(SystemExit, match="unknown method"):
+        federation_quality.variants_of(federation_quality.parse_args(["--methods", "fedem"]))
 
 
 def test_federation_quality_reports_dice_and_losses_and_resumes(work: Path, tmp_path: Path,
                                                                 capsys: pytest.CaptureFixture,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "quality.md"
-    argv = ["--work", str(work), "--size", "tiny", "--rounds", "1", "--iters", "2", "--seeds", "0",
-            "--methods", "splitfed,local", "--threads", "1", "--out", str(out)]
+    argv = ["--work", str(work), "--size", "tiny", "--budgets", "1x2", "--seeds", "0", "--regimes", "generated",
+            "scarce", "--scarce-cases", "2", "--methods", "mucald,local", "--threads", "1", "--out", str(out)]
     assert federation_quality.main(argv) == 0
     text = out.read_text()
-    for method in ("splitfed", "local"):
-        assert re.search(rf"^\| {method} \| {NUMBER} \| {NUMBER} \| {NUMBER} \| {NUMBER} \| 1/1 \|$", text, re.M)
-        assert f"### demo, {method}: last round's mean loss terms" in text
+    lines = text.splitlines()
+    for regime in ("generated", "scarce"):
+        assert f"## demo, {regime}, 1x2: validation Dice after round 1" in lines
+        assert f"### demo, {regime}, 1x2, mucald: last round's mean loss terms (mean over seeds)" in lines
+    for method in ("mucald", "local"):  # one row per regime, with its gap to local
+        rows = re.findall(rf"^\| {method} \| {NUMBER} \| {NUMBER} \| {NUMBER} \| {NUMBER} \| ([+-]{NUMBER}) "
+                          r"\| 1/1 \|$", text, re.M)
+        assert len(rows) == 2 and (method != "local" or rows == ["+0.000", "+0.000"])
     assert re.search(rf"^\| DemoPolyp \| {NUMBER} \|", text, re.M)  # a loss-term row
-    assert "- goal mucald > splitfed on every client: not measured (mucald did not run)" in text.splitlines()
-    assert "- goal mucald mean >= local mean + 0.05: not measured (mucald did not run)" in text.splitlines()
-    assert not re.search(r": (met|NOT met) \(", text)  # no verdict without mucald
-    summary = work / "runs" / "demo" / "splitfed" / "seed0" / federation_quality.SUMMARY_FILE
+    assert lines.count("- goal mucald > splitfed on every client: not measured (splitfed did not run)") == 2
+    assert lines.count("- goal mucald mean >= every other federated method's mean: not measured "
+                       "(no other federated method ran)") == 2
+    assert sum(bool(re.match(r"- goal mucald mean >= local mean: (met|NOT met) \(", line)) for line in lines) == 1
+    assert sum(bool(re.match(r"- goal mucald mean >= local mean \+ 0.05: (met|NOT met) \(", line))
+               for line in lines) == 1
+    scarce = work / "runs" / "demo" / "scarce" / "1x2" / "mucald" / "seed0"
+    trained = json.loads((scarce / "config.json").read_text())["training"]
+    assert trained["max_train_cases"] == 2  # the scarce regime reached the trainer
+    summary = scarce / federation_quality.SUMMARY_FILE
     written = digest(summary)
 
     capsys.readouterr()
     children = []
     monkeypatch.setattr(federation_quality, "run_child", lambda *a, **k: children.append(a))
     assert federation_quality.main(argv) == 0
-    assert children == []  # both runs reused: no child trained
-    assert capsys.readouterr().err.count("finished earlier, skipped") == 2
+    assert children == []  # every run reused: no child trained
+    assert capsys.readouterr().err.count("finished earlier, skipped") == 4
     assert digest(summary) == written
-    assert out.read_text().split("## demo")[1] == text.split("## demo")[1]
+    assert out.read_text().split("## demo", 1)[1] == text.split("## demo", 1)[1]
