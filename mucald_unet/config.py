@@ -249,6 +249,10 @@ class TrainingConfig:
             raise TrainingError(f"ablations ({', '.join(sorted(a.value for a in self.ablations))}) switch "
                             f"off parts of mucald; --method {self.method} has none. Fix: use "
                             "--method mucald with --ablate.")
+        conflict = self.method_spec.local_norms_conflict
+        if self.local_norms and conflict:
+            raise TrainingError(f"--method {self.method} {conflict}: --local-norms has no meaning there. "
+                                "Fix: drop --local-norms.")
         self._check_method_options()
 
     def _check_method_options(self) -> None:

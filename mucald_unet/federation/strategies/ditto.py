@@ -17,7 +17,6 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from mucald_unet.errors import TrainingError
 from mucald_unet.federation.aggregation import fedprox_penalty
 from mucald_unet.federation.strategies.base import SegmentSlot, SegmentStrategy, StrategyContext
 from mucald_unet.federation.strategies.fedavg import FedAvg
@@ -26,9 +25,6 @@ from mucald_unet.federation.strategies.registry import MethodSpec, register
 
 class Ditto(SegmentStrategy):
     def __init__(self, context: StrategyContext) -> None:
-        if context.config.local_norms:
-            raise TrainingError("--method ditto keeps each client's whole deployed server segment personal; "
-                                "--local-norms has no meaning there. Fix: drop --local-norms.")
         super().__init__(context)
         self.tracks: dict[str, SegmentSlot] = {}
         for client in context.clients:
@@ -66,4 +62,5 @@ class Ditto(SegmentStrategy):
 
 
 register(MethodSpec("ditto", "FedAvg of a global SS track + a personal SS per client regularised towards "
-                    "it (--ditto-lambda); the personal one is deployed", Ditto, options=("ditto_lambda",)))
+                    "it (--ditto-lambda); the personal one is deployed", Ditto, options=("ditto_lambda",),
+                    local_norms_conflict="keeps each client's whole deployed server segment personal"))

@@ -4,21 +4,15 @@ client; every other server-segment tensor is averaged. No proximal term (FedBN h
 
 from __future__ import annotations
 
-from mucald_unet.errors import TrainingError
 from mucald_unet.federation.strategies.base import StrategyContext, is_norm_key
 from mucald_unet.federation.strategies.fedavg import FedAvg
 from mucald_unet.federation.strategies.registry import MethodSpec, register
 
 
 class FedBN(FedAvg):
-    def __init__(self, context: StrategyContext) -> None:
-        if context.config.local_norms:
-            raise TrainingError("--method fedbn keeps the server segment's norms local already. Fix: drop "
-                                "--local-norms.")
-        super().__init__(context)
-
     def is_personal(self, key: str) -> bool:
         return is_norm_key(key)
 
 
-register(MethodSpec("fedbn", "FedAvg of SS with its normalisation layers personal", FedBN))
+register(MethodSpec("fedbn", "FedAvg of SS with its normalisation layers personal", FedBN,
+                    local_norms_conflict="keeps the server segment's norms local already"))

@@ -44,6 +44,7 @@ class MethodSpec:
     single_segment: bool = False  # one server segment and optimiser serve every client (centralized)
     schedule: Callable[["TrainingConfig"], Schedule] = field(default=_every_step)
     options: tuple[str, ...] = ()
+    local_norms_conflict: str | None = None  # why --local-norms means nothing here (then refused)
 
 
 _METHODS: dict[str, MethodSpec] = {}

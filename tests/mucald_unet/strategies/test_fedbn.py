@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from mucald_unet.config import TrainingConfig
 from mucald_unet.errors import TrainingError
 from mucald_unet.federation.strategies.fedbn import FedBN
 from tests.mucald_unet.strategies.conftest import WEIGHTS, client_segments, context, snapshot, toy_segment
@@ -26,5 +27,5 @@ def test_norm_keys_are_personal_and_the_rest_is_averaged() -> None:
 def test_fedbn_has_no_proximal_term_and_refuses_local_norms() -> None:
     segment = toy_segment(1)
     assert FedBN(context("fedbn")).extra_terms("a", segment, snapshot(toy_segment(2))) == {}
-    with pytest.raises(TrainingError, match="drop --local-norms"):
-        FedBN(context("fedbn", local_norms=True))
+    with pytest.raises(TrainingError, match="fedbn keeps the server segment's norms local already.*drop --local-norms"):
+        TrainingConfig(method="fedbn", local_norms=True)  # refused before any training is set up
