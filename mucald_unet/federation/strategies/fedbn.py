@@ -4,7 +4,7 @@ client; every other server-segment tensor is averaged. No proximal term (FedBN h
 
 from __future__ import annotations
 
-from mucald_unet.federation.strategies.base import StrategyContext, is_norm_key
+from mucald_unet.federation.strategies.base import is_norm_key
 from mucald_unet.federation.strategies.fedavg import FedAvg
 from mucald_unet.federation.strategies.registry import MethodSpec, register
 
