@@ -12,7 +12,9 @@ from pathlib import Path
 import numpy as np
 
 from preprocessing.errors import DatasetError, ImageIOError
+from preprocessing.geometry import Geometry
 from preprocessing.integrity import Problem, channel_problems
+from preprocessing.io import read_image
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 
@@ -84,6 +86,37 @@ def split_test_cases(case_ids: list[str], test_fraction: float, seed: int) -> se
     count = min(int(round(test_fraction * len(ordered))), max(len(ordered) - 1, 0))
     order = np.random.default_rng(seed).permutation(len(ordered))
     return {ordered[i] for i in order[:count]}
+
+
+def split_test_groups(groups: dict[str, str], test_fraction: float, seed: int) -> set[str]:
+    """The ids that go to the test split when cases come in groups (several images of one
+    lesion) that must not straddle Tr and Ts: whole groups are drawn until the fraction of cases
+    is reached. With one case per group this is exactly ``split_test_cases``."""
+    if not 0.0 <= test_fraction < 1.0:
+        raise DatasetError(f"test fraction {test_fraction} is out of range. Fix: use 0 <= F < 1.")
+    members: dict[str, list[str]] = {}
+    for case in sorted(groups):
+        members.setdefault(groups[case], []).append(case)
+    names = sorted(members)
+    total = len(groups)
+    target = min(int(round(test_fraction * total)), max(total - 1, 0))
+    test: list[str] = []
+    for index in np.random.default_rng(seed).permutation(len(names)):
+        if len(test) >= target:
+            break
+        group = members[names[index]]
+        if len(test) + len(group) <= max(total - 1, 0):  # keep at least one training case
+            test.extend(group)
+    return set(test)
+
+
+def read_or_record(path: Path, problems: Problems) -> tuple[np.ndarray, Geometry] | None:
+    """``read_image``, with an unreadable file recorded as a problem (None) instead of raised."""
+    try:
+        return read_image(path)
+    except ImageIOError as err:
+        problems.add_io_error(err)
+        return None
 
 
 def resolve_label_names(names: tuple[str, ...] | None, highest_label: int) -> dict[str, int]:

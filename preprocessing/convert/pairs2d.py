@@ -13,15 +13,14 @@ from pathlib import Path
 import numpy as np
 
 from preprocessing.convert.common import (ConversionResult, Problems, check_image_content,
-                                          describe_options, resolve_label_names, split_test_cases,
-                                          unique_case_ids)
+                                          describe_options, read_or_record, resolve_label_names,
+                                          split_test_cases, unique_case_ids)
 from preprocessing.convert.label_map import (LOSSY_ENDINGS, LabelMap, UnmappableValues,
                                              check_declared, default_mask_map)
 from preprocessing.convert.output import DatasetWriter, OutputConfig, check_target
 from preprocessing.dataset_json import DatasetSpec
-from preprocessing.errors import DatasetError, ImageIOError
+from preprocessing.errors import DatasetError
 from preprocessing.geometry import Geometry
-from preprocessing.io import read_image
 
 IMAGE_ENDINGS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 OUTPUT_ENDING = ".png"  # lossless, whatever the input was
@@ -152,7 +151,7 @@ def _load_pair(pair: _Pair, config: Pairs2DConfig, declared: frozenset[int],
         return None if image is None else (image, None)
     mask = _read(pair.mask, problems)
     if mask is not None:
-        mask = _as_gray(mask, pair.mask, problems)
+        mask = mask_as_gray(mask, pair.mask, problems)
     if mask is None:
         return None
     if image is not None and image.shape[1:] != mask.shape:
@@ -177,7 +176,7 @@ def _map_mask(mask: np.ndarray, path: Path, label_map: LabelMap | None, declared
         return None
 
 
-def _as_gray(mask: np.ndarray, path: Path, problems: Problems) -> np.ndarray | None:
+def mask_as_gray(mask: np.ndarray, path: Path, problems: Problems) -> np.ndarray | None:
     """A (1, H, W) mask, or an RGB mask whose channels agree, as (H, W). JPEG may leave the
     channels of a gray mask a few values apart (chroma noise), so lossy masks get a tolerance."""
     if mask.shape[0] == 1:
@@ -192,11 +191,8 @@ def _as_gray(mask: np.ndarray, path: Path, problems: Problems) -> np.ndarray | N
 
 
 def _read(path: Path, problems: Problems) -> np.ndarray | None:
-    try:
-        return read_image(path)[0]
-    except ImageIOError as err:
-        problems.add_io_error(err)
-        return None
+    loaded = read_or_record(path, problems)
+    return None if loaded is None else loaded[0]
 
 
 def _image_files(folder: Path, pattern: str) -> list[Path]:

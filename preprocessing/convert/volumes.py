@@ -14,15 +14,14 @@ from pathlib import Path
 import numpy as np
 
 from preprocessing.convert.common import (ConversionResult, Problems, check_image_content,
-                                          describe_options, resolve_label_names, split_test_cases,
-                                          unique_case_ids)
+                                          describe_options, read_or_record, resolve_label_names,
+                                          split_test_cases, unique_case_ids)
 from preprocessing.convert.label_map import LabelMap, UnmappableValues, check_declared
 from preprocessing.convert.output import DatasetWriter, OutputConfig, check_target
 from preprocessing.convert.resample import resample_label
 from preprocessing.dataset_json import DatasetSpec
-from preprocessing.errors import DatasetError, ImageIOError
+from preprocessing.errors import DatasetError
 from preprocessing.geometry import Geometry
-from preprocessing.io import read_image
 
 # Single-file formats only: .mhd/.nhdr write a companion data file the raw layout does not allow.
 VOLUME_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".mha")
@@ -127,14 +126,14 @@ def _find_sources(config: VolumePairsConfig, problems: Problems) -> list[_Source
 def _load_case(source: _Source, config: VolumePairsConfig, declared: frozenset[int],
                problems: Problems) -> tuple[np.ndarray, Geometry, np.ndarray] | None:
     """Image (1, *spatial) with its geometry and the uint8 label on that grid; None on problems."""
-    image = _read(source.image, problems)
+    image = read_or_record(source.image, problems)
     if image is not None and image[0].shape[0] != 1:
         problems.add(source.image, f"has {image[0].shape[0]} channels; this converter takes one "
                      "per file", "split the channels into one file each, or convert them separately")
         image = None
     if image is not None and not check_image_content(image[0], source.image, problems):
         image = None
-    label = _read(source.label, problems)
+    label = read_or_record(source.label, problems)
     if label is not None and label[0].shape[0] != 1:
         problems.add(source.label, f"label has {label[0].shape[0]} channels",
                      "store the label as one map of integer class values")
@@ -172,14 +171,6 @@ def _map_values(label: np.ndarray, path: Path, label_map: LabelMap | None,
         fix = ("list every raw value in --label-map" if label_map else
                "pass --labels with one name per value, or --label-map RAW:LABEL,... to renumber")
         problems.add(path, str(err), fix)
-        return None
-
-
-def _read(path: Path, problems: Problems) -> tuple[np.ndarray, Geometry] | None:
-    try:
-        return read_image(path)
-    except ImageIOError as err:
-        problems.add_io_error(err)
         return None
 
 
