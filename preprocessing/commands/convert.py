@@ -1,11 +1,13 @@
 """``mucald_convert``: turn public-dataset layouts into the nnU-Net v2 raw layout.
 
 ``images`` converts 2D image/mask pairs (Kvasir-SEG, ISIC, ...); ``volumes`` converts image/label
-volume pairs (NRRD, NIfTI, MetaImage). The work lives in ``preprocessing.convert``.
+volume pairs (NRRD, NIfTI, MetaImage); ``preset`` reads one of the paper's public datasets in the
+layout it is published with. The work lives in ``preprocessing.convert``.
 """
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
@@ -17,6 +19,7 @@ from preprocessing.cli_support import entry_points
 from preprocessing.convert import (ConversionResult, LabelMap, OutputConfig, Pairs2DConfig,
                                    VolumePairsConfig, convert_pairs_2d, convert_volume_pairs,
                                    parse_name_list)
+from preprocessing.convert.presets import PRESETS, PresetConfig, convert_preset, default_name
 from preprocessing.paths import RAW_ENV, resolve_root
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -110,6 +113,32 @@ def volumes(
         label_map=LabelMap.parse(label_map) if label_map is not None else None,
         file_ending=file_ending, resample_labels=resample_labels)
     _print_summary(convert_volume_pairs(config))
+
+
+PresetName = Enum("PresetName", {key.replace("-", "_"): key for key in PRESETS}, type=str)
+
+
+@app.command()
+def preset(
+    dataset: Annotated[PresetName, typer.Argument(
+        help="Which published dataset: " + ", ".join(PRESETS) + " (layouts: docs/reproduce_paper.md).",
+        show_default=False)],
+    source: Annotated[Path, typer.Option("--source", help="Folder holding the unpacked download.")],
+    dataset_id: IdOpt,
+    name: Annotated[str | None, typer.Option(
+        "--name", help="Dataset name (default: the preset's, e.g. KvasirSEG).")] = None,
+    out: OutOpt = None,
+    test_fraction: FractionOpt = 0.0,
+    seed: SeedOpt = 0,
+    unlabelled_to_test: Annotated[bool, typer.Option(
+        "--unlabelled-to-test", help="Put published cases without a label (MosMed studies without "
+                                     "a mask, HC18's test_set) in imagesTs instead of skipping them.")] = False,
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """A public dataset in its published layout (Kvasir-SEG, HAM10000, HC18, MosMed, blastocyst)."""
+    key = dataset.value
+    output = _output(out, dataset_id, name or default_name(key), overwrite, test_fraction, seed)
+    _print_summary(convert_preset(key, PresetConfig(source, output, unlabelled_to_test)))
 
 
 def _output(out: Path | None, dataset_id: int, name: str, overwrite: bool, test_fraction: float,
