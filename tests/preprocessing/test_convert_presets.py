@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from PIL import Image
 
 from preprocessing.commands.convert import main
 from preprocessing.convert.common import split_test_cases, split_test_groups
@@ -19,21 +18,7 @@ from preprocessing.dataset import RawDataset
 from preprocessing.errors import DatasetError
 from preprocessing.integrity import verify_dataset
 from preprocessing.io import read_image
-
-
-def disk(shape: tuple[int, int], centre: tuple[float, float], radius: float) -> np.ndarray:
-    yy, xx = np.mgrid[: shape[0], : shape[1]]
-    return (yy - centre[0]) ** 2 + (xx - centre[1]) ** 2 < radius**2
-
-
-def save(path: Path, array: np.ndarray, **kwargs: object) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(array).save(path, **kwargs)
-    return path
-
-
-def rgb(shape: tuple[int, int], seed: int) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 256, (*shape, 3), dtype=np.uint8)
+from tests.preprocessing.test_convert import disk, rgb, save
 
 
 def gray(shape: tuple[int, int], seed: int) -> np.ndarray:
@@ -164,12 +149,13 @@ def hc18(root: Path) -> None:
     closed = outline((45, 60), (25, 40))
     open_ = outline((45, 60), (22, 35))
     open_[:, 85:] = False  # a gap on the right: the outline is not closed
-    for name, ann in (("000_HC", closed), ("010_2HC", open_)):
+    cut = outline((45, 100), (25, 30))  # runs out of the image on the right, as some heads do
+    for name, ann in (("000_HC", closed), ("010_2HC", open_), ("020_HC", cut)):
         save(root / "training_set" / f"{name}.png", gray(SHAPE, len(name)))
         save(root / "training_set" / f"{name}_Annotation.png", ann.astype(np.uint8) * 255)
     (root / "training_set_pixel_size_and_HC.csv").write_text(
         "filename,pixel size(mm),head circumference (mm)\n000_HC.png,0.0691358041432,44.3\n"
-        "010_2HC.png,0.1546875,60.2\n")
+        "010_2HC.png,0.1546875,60.2\n020_HC.png,0.12,70.0\n")
     save(root / "test_set" / "000_HC.png", gray(SHAPE, 9))
     (root / "test_set_pixel_size.csv").write_text("filename,pixel size(mm)\n000_HC.png,0.1\n")
 
@@ -178,9 +164,12 @@ def test_hc18_outlines_become_filled_heads_with_the_csv_spacing(tmp_path: Path) 
     hc18(tmp_path / "dl")
     result = convert_preset("hc18", config(tmp_path, tmp_path / "dl"))
     assert verify_dataset(result.dataset_folder).ok
-    assert sorted(result.train_cases) == ["000_HC", "010_2HC"] and result.test_cases == ()
+    assert sorted(result.train_cases) == ["000_HC", "010_2HC", "020_HC"] and result.test_cases == ()
     assert any("test_set/" in n and "--unlabelled-to-test" in n for n in result.notes)
-    assert any("open" in n and "010_2HC" in n for n in result.notes)
+    assert any("2 annotation outline(s) were open" in n and "010_2HC" in n for n in result.notes)
+    cut = read_image(result.dataset_folder / "labelsTr" / "020_HC.nii.gz")[0][0].astype(bool)
+    in_frame = ellipse_inside((45, 100), (25, 30), 1.0)
+    assert (cut & in_frame).sum() / (cut | in_frame).sum() > 0.97
     closed, closed_geo = read_image(result.dataset_folder / "labelsTr" / "000_HC.nii.gz")
     expected = ellipse_inside((45, 60), (25, 40), 1.0)  # outline and inside
     np.testing.assert_array_equal(closed[0], expected.astype(np.uint8))

@@ -20,9 +20,9 @@ from preprocessing.convert.presets.base import (Discovery, LoadedCase, Preset, P
                                                 read_csv_rows, read_gray_2d, require_folder, stem)
 from preprocessing.convert.presets.ellipse import EllipseFitError, head_mask
 
-ANNOTATION_SUFFIX = "_annotation"
-TRAIN_CSV = "training_set_pixel_size_and_HC.csv"
-TEST_CSV = "test_set_pixel_size.csv"
+ANNOTATION_SUFFIX = "_annotation"  # lower case: matched case-insensitively
+# The side tables of the Zenodo record, and the column that holds the pixel size in mm.
+TRAIN_CSV, TEST_CSV = "training_set_pixel_size_and_HC.csv", "test_set_pixel_size.csv"
 PIXEL_COLUMN = "pixel size(mm)"
 
 
