@@ -80,18 +80,13 @@ def unique_case_ids(stems: Iterable[str]) -> list[str]:
 
 def split_test_cases(case_ids: list[str], test_fraction: float, seed: int) -> set[str]:
     """The ids that go to the test split; depends only on the id set, the fraction and the seed."""
-    if not 0.0 <= test_fraction < 1.0:
-        raise DatasetError(f"test fraction {test_fraction} is out of range. Fix: use 0 <= F < 1.")
-    ordered = sorted(case_ids)
-    count = min(int(round(test_fraction * len(ordered))), max(len(ordered) - 1, 0))
-    order = np.random.default_rng(seed).permutation(len(ordered))
-    return {ordered[i] for i in order[:count]}
+    return split_test_groups({case: case for case in case_ids}, test_fraction, seed)
 
 
 def split_test_groups(groups: dict[str, str], test_fraction: float, seed: int) -> set[str]:
     """The ids that go to the test split when cases come in groups (several images of one
-    lesion) that must not straddle Tr and Ts: whole groups are drawn until the fraction of cases
-    is reached. With one case per group this is exactly ``split_test_cases``."""
+    lesion) that must not straddle Tr and Ts: whole groups are drawn, in a seeded permutation of
+    the sorted group names, until the fraction of cases is reached; at least one case trains."""
     if not 0.0 <= test_fraction < 1.0:
         raise DatasetError(f"test fraction {test_fraction} is out of range. Fix: use 0 <= F < 1.")
     members: dict[str, list[str]] = {}

@@ -122,10 +122,14 @@ def test_ham10000_without_metadata_splits_per_image_and_says_so(tmp_path: Path) 
     assert any("lesion may land in both" in note for note in result.notes)
 
 
-def test_grouped_split_with_single_cases_is_the_plain_split() -> None:
+def test_grouped_split_keeps_the_per_case_split_datasets_were_converted_with() -> None:
+    """One case per group draws the first round(F x n) of a seeded permutation of the sorted ids,
+    as the converter always has, so re-converting a dataset reproduces its old Tr/Ts split."""
     ids = [f"c{i}" for i in range(17)]
     for seed in range(4):
-        assert split_test_groups({c: c for c in ids}, 0.25, seed) == split_test_cases(ids, 0.25, seed)
+        order = np.random.default_rng(seed).permutation(len(ids))
+        expected = {sorted(ids)[i] for i in order[:4]}  # round(0.25 x 17) = 4
+        assert split_test_groups({c: c for c in ids}, 0.25, seed) == expected == split_test_cases(ids, 0.25, seed)
 
 
 # -- HC18 ----------------------------------------------------------------------------------------
