@@ -30,10 +30,14 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from benchmarks.reporting import REPO, emit_report, goal_line, log, unmeasured_goal
 from benchmarks.train_step import Variant, ablation_variants, plan_federation, plan_table, prepare_demo
 from preprocessing.errors import MucaldError
+
+if TYPE_CHECKING:
+    from mucald_unet.config import TrainingConfig
 
 SUMMARY_FILE = "summary.json"
 CHILD_LOG = "child.log"
@@ -71,17 +75,59 @@ class Budget:
 
 @dataclass(frozen=True)
 class QualityVariant(Variant):
-    """A method variant as the referee trains it; ``fedprox_mu`` overrides the recipe's mu."""
+    """A method variant as the referee trains it: its ablations plus training settings that replace
+    the recipe's, as dotted keys of ``TrainingConfig.to_dict`` (``(("local_norms", True),)``).
 
-    fedprox_mu: float | None = None
+    Labels and folder names take the settings' names from the trainer's own run names
+    (``fedprox__mu-0.01``, ``mucald__local-norms``), so a variant reads the same everywhere.
+    """
+
+    overrides: tuple[tuple[str, Any], ...] = ()
+
+    def training_config(self, **fields: Any) -> "TrainingConfig":
+        """The config of one run of this variant; a setting that does not exist is refused here."""
+        from mucald_unet.config import Method, TrainingConfig, parse_ablations
+
+        base = TrainingConfig(method=Method(self.method), ablations=parse_ablations(self.ablations), **fields)
+        return base.with_overrides(dict(self.overrides))
 
     @property
     def label(self) -> str:
-        return super().label + (f" (mu {self.fedprox_mu:g})" if self.fedprox_mu is not None else "")
+        if not self.overrides:
+            return super().label
+        config = self.training_config()
+        ablations = ",".join(a.value for a in sorted(config.ablations, key=lambda a: a.value))
+        return " ".join([self.method, *([f"--ablate {ablations}"] if ablations else []), *config.setting_labels()])
 
     @property
     def folder_name(self) -> str:
-        return super().folder_name + (f"__mu-{self.fedprox_mu:g}" if self.fedprox_mu is not None else "")
+        if not self.overrides:
+            return super().folder_name
+        config = self.training_config()
+        return "__".join(config.identity_labels() + config.setting_labels())
+
+    @classmethod
+    def parse(cls, text: str) -> "QualityVariant":
+        """``METHOD[:KEY=VALUE,...]``: ``mucald:local_norms=true,losses.adversarial=0.3``; values are
+        JSON (true, 0.3, null) or else plain text (causal)."""
+        method, _, settings = text.partition(":")
+        overrides = []
+        for item in (part.strip() for part in settings.split(",") if part.strip()):
+            key, equals, value = item.partition("=")
+            if not equals:
+                raise MucaldError(f"variant {text!r}: {item!r} is not KEY=VALUE. Fix: e.g. "
+                                  "--variants mucald:local_norms=true")
+            overrides.append((key.strip(), parse_value(value.strip())))
+        variant = cls(method.strip(), overrides=tuple(overrides))
+        variant.training_config()  # unknown method, unknown setting or a refused combination: fail now
+        return variant
+
+
+def parse_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
 
 
 @dataclass(frozen=True)
@@ -110,7 +156,7 @@ class Run:
 def run_settings(run: Run, args: argparse.Namespace) -> dict:
     """What makes a finished run reusable: the same plan, method, data, budget and seed."""
     return {"plans": str(run.plans_path), "method": run.variant.method, "ablations": run.variant.ablations,
-            "fedprox_mu": getattr(run.variant, "fedprox_mu", None), "max_train_cases": run.max_train_cases,
+            "overrides": dict(getattr(run.variant, "overrides", ())), "max_train_cases": run.max_train_cases,
             "rounds": run.budget.rounds, "local_epochs": args.local_epochs, "iters": run.budget.iters,
             "fold": 0, "seed": run.seed}
 
@@ -144,15 +190,14 @@ def prepare_real(work: Path, source: Path) -> tuple[Path, list[str]]:
 def child_main(args: argparse.Namespace) -> int:
     import torch
 
-    from mucald_unet.config import Method, TrainingConfig, parse_ablations
     from mucald_unet.training.trainer import FederatedTrainer
     from preprocessing.atomic import write_json_atomic
 
     torch.set_num_threads(args.threads)
-    mu = {} if args.fedprox_mu is None else {"fedprox_mu": args.fedprox_mu}
-    config = TrainingConfig(method=Method(args.method), ablations=parse_ablations(args.ablate),
-                            rounds=args.rounds, local_epochs=args.local_epochs, iterations_per_epoch=args.iters,
-                            seed=args.seed, fold=0, max_train_cases=args.max_train_cases, **mu)
+    variant = QualityVariant(args.method, args.ablate or "", tuple(json.loads(args.overrides).items()))
+    config = variant.training_config(rounds=args.rounds, local_epochs=args.local_epochs,
+                                     iterations_per_epoch=args.iters, seed=args.seed, fold=0,
+                                     max_train_cases=args.max_train_cases)
     started = time.perf_counter()
     # the parent found no finished summary here, so what a killed child left is discarded
     summary = FederatedTrainer(args.plans, args.clients, config, args.run_folder).run(overwrite=True)
@@ -190,8 +235,8 @@ def run_child(run: Run, settings: dict, threads: int) -> dict:
            "--threads", str(threads), "--settings", json.dumps(settings)]
     if run.variant.ablations:
         cmd += ["--ablate", run.variant.ablations]
-    if settings["fedprox_mu"] is not None:
-        cmd += ["--fedprox-mu", str(settings["fedprox_mu"])]
+    if settings["overrides"]:
+        cmd += ["--overrides", json.dumps(settings["overrides"])]
     if settings["max_train_cases"] is not None:
         cmd += ["--max-train-cases", str(settings["max_train_cases"])]
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
@@ -453,6 +498,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--methods", help="Comma-separated methods (default: every registered one).")
     parser.add_argument("--ablations", help="Extra mucald variants, comma-separated (e.g. no-daca,no-crdm); "
                         "join ablations of one variant with + (no-daca+no-crdm).")
+    parser.add_argument("--variants", nargs="+", default=[], metavar="METHOD:KEY=VALUE,...",
+                        help="Extra variants with training settings replaced, e.g. mucald:local_norms=true "
+                        "'mucald:losses.adversarial=0.3,crdm.eval_timestep=100' (keys: TrainingConfig.to_dict).")
     parser.add_argument("--regimes", nargs="+", choices=REGIMES, default=["generated"],
                         help="generated (whole fold) and/or scarce (--scarce-cases per client).")
     parser.add_argument("--scarce-cases", type=int, default=8, help="Training cases per client when scarce.")
@@ -474,7 +522,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--rounds", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--iters", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--fedprox-mu", type=float, help=argparse.SUPPRESS)
+    parser.add_argument("--overrides", default="{}", help=argparse.SUPPRESS)
     parser.add_argument("--max-train-cases", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--plans", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--clients", nargs="*", help=argparse.SUPPRESS)
@@ -495,8 +543,9 @@ def variants_of(args: argparse.Namespace) -> list[Variant]:
     if unknown:
         raise SystemExit(f"error: unknown method(s) {', '.join(unknown)}; use any of {', '.join(known)}.")
     try:
-        return [QualityVariant(m, fedprox_mu=FEDPROX_MU if m == "fedprox" else None)
-                for m in dict.fromkeys(methods)] + ablation_variants(args.ablations)
+        return ([QualityVariant(m, overrides=(("fedprox_mu", FEDPROX_MU),) if m == "fedprox" else ())
+                 for m in dict.fromkeys(methods)] + ablation_variants(args.ablations)
+                + [QualityVariant.parse(text) for text in args.variants])
     except MucaldError as error:  # an unknown ablation name; the message lists the valid ones
         raise SystemExit(f"error: {error}") from None
 

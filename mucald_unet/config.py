@@ -11,6 +11,7 @@ import hashlib
 import re
 from dataclasses import asdict, dataclass, field, fields
 from enum import Enum
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from mucald_unet.training.augmentation import AugmentationConfig
@@ -346,6 +347,24 @@ class TrainingConfig:
         if unknown:
             raise TrainingError(f"unknown training settings: {', '.join(sorted(unknown))}.")
         return cls(**data)
+
+    def with_overrides(self, overrides: Mapping[str, Any]) -> "TrainingConfig":
+        """This config with dotted settings replaced (``{"local_norms": True, "optimizer.lr": 1e-4}``).
+
+        The keys are those of ``to_dict``; a key that names no setting is refused with the list of
+        valid ones, so a typo in a preset or a benchmark variant cannot silently train the default.
+        """
+        data = self.to_dict()
+        valid = _flatten(data)
+        for key, value in overrides.items():
+            if key not in valid:
+                raise TrainingError(f"unknown training setting {key!r}. Fix: use one of {', '.join(valid)}.")
+            *parents, leaf = key.split(".")
+            target = data
+            for parent in parents:
+                target = target[parent]
+            target[leaf] = value
+        return TrainingConfig.from_dict(data)
 
 
 _NOT_IN_NAME = frozenset({"method", "ablations", "defence.kind", "defence.strength", "device", "fold"})

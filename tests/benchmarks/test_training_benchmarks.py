@@ -14,6 +14,7 @@ import pytest
 
 from benchmarks import federation_quality, train_step
 from benchmarks.federation_quality import Run
+from preprocessing.errors import MucaldError
 from benchmarks.train_step import Variant, cpu_table, goal_lines, measure_iterations, prepare_demo, results_table
 from planners.plans import load_plans
 
@@ -184,9 +185,25 @@ def test_federation_quality_budgets_and_methods_are_checked() -> None:
     variants = federation_quality.variants_of(federation_quality.parse_args([]))
     labels = [v.label for v in variants]
     assert {"mucald", "splitfed", "local", "centralized", "fedbn", "fedper", "fedrep", "scaffold", "ditto"} <= set(labels)
-    assert "fedprox (mu 0.01)" in labels  # at the recipe's mu it would repeat splitfed
+    assert "fedprox mu-0.01" in labels  # at the recipe's mu it would repeat splitfed
     with pytest.raises(SystemExit, match="unknown method"):
         federation_quality.variants_of(federation_quality.parse_args(["--methods", "fedem"]))
+
+
+def test_federation_quality_variants_replace_settings_and_name_them_as_the_trainer_does() -> None:
+    variant = federation_quality.QualityVariant.parse("mucald:local_norms=true,losses.adversarial=0.3")
+    assert variant.overrides == (("local_norms", True), ("losses.adversarial", 0.3))
+    assert variant.label == "mucald local-norms losses-adversarial-0.3"
+    assert variant.folder_name == "mucald__local-norms__losses-adversarial-0.3"
+    config = variant.training_config(seed=2)
+    assert (config.local_norms, config.losses.adversarial, config.seed) == (True, 0.3, 2)
+    assert federation_quality.QualityVariant.parse("mucald:aggregation=causal").training_config().aggregation == "causal"
+    with pytest.raises(MucaldError, match="unknown training setting 'local_norm'"):
+        federation_quality.QualityVariant.parse("mucald:local_norm=true")
+    with pytest.raises(MucaldError, match="is not KEY=VALUE"):
+        federation_quality.QualityVariant.parse("mucald:local_norms")
+    with pytest.raises(MucaldError, match="--local-norms has no meaning"):  # refused as the trainer refuses it
+        federation_quality.QualityVariant.parse("fedbn:local_norms=true")
 
 
 def test_federation_quality_reports_dice_and_losses_and_resumes(work: Path, tmp_path: Path,
@@ -194,7 +211,8 @@ def test_federation_quality_reports_dice_and_losses_and_resumes(work: Path, tmp_
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "quality.md"
     argv = ["--work", str(work), "--size", "tiny", "--budgets", "1x2", "--seeds", "0", "--regimes", "generated",
-            "scarce", "--scarce-cases", "2", "--methods", "mucald,local", "--threads", "1", "--out", str(out)]
+            "scarce", "--scarce-cases", "2", "--methods", "mucald,local", "--variants", "mucald:local_norms=true",
+            "--threads", "1", "--out", str(out)]
     assert federation_quality.main(argv) == 0
     text = out.read_text()
     lines = text.splitlines()
@@ -215,6 +233,9 @@ def test_federation_quality_reports_dice_and_losses_and_resumes(work: Path, tmp_
     scarce = work / "runs" / "demo" / "scarce" / "1x2" / "mucald" / "seed0"
     trained = json.loads((scarce / "config.json").read_text())["training"]
     assert trained["max_train_cases"] == 2  # the scarce regime reached the trainer
+    variant = work / "runs" / "demo" / "generated" / "1x2" / "mucald__local-norms" / "seed0" / "config.json"
+    assert json.loads(variant.read_text())["training"]["local_norms"] is True  # the variant's setting too
+    assert re.search(rf"^\| mucald local-norms \| {NUMBER} \|", text, re.M)
     summary = scarce / federation_quality.SUMMARY_FILE
     written = digest(summary)
 
@@ -223,6 +244,6 @@ def test_federation_quality_reports_dice_and_losses_and_resumes(work: Path, tmp_
     monkeypatch.setattr(federation_quality, "run_child", lambda *a, **k: children.append(a))
     assert federation_quality.main(argv) == 0
     assert children == []  # every run reused: no child trained
-    assert capsys.readouterr().err.count("finished earlier, skipped") == 4
+    assert capsys.readouterr().err.count("finished earlier, skipped") == 6
     assert digest(summary) == written
     assert out.read_text().split("## demo", 1)[1] == text.split("## demo", 1)[1]
