@@ -17,6 +17,7 @@ from mucald_unet.config import (CrdmConfig, DefenceConfig, LrSchedule, Method, O
 from mucald_unet.errors import TrainingError
 from mucald_unet.federation.strategies import method_names
 from mucald_unet.federation.transport import CaptureRequest
+from mucald_unet.presets import PRESETS, preset_named
 from mucald_unet.training.trainer import FederatedTrainer, run_folder_for
 from planners.locate import client_names, find_plans
 from mucald_unet.devices import Device, resolve_device
@@ -58,6 +59,7 @@ class RichTrainingReporter:
 
 @app.command()
 def train(
+    ctx: typer.Context,
     datasets: Annotated[list[str], typer.Option("-d", "--dataset", help="Clients by dataset id: -d 1 2 3.")],
     preprocessed: Annotated[Optional[Path], typer.Option(
         "--preprocessed", help="Preprocessed folder (default: $MUCALD_PREPROCESSED).")] = None,
@@ -67,6 +69,9 @@ def train(
         help="mucald, or a baseline on the same code path (docs/federation_methods.md).")] = Method.MUCALD,
     ablate: Annotated[Optional[str], typer.Option(
         "--ablate", help="Comma-separated: no-daca,no-crdm,no-causal,no-diffusion,no-forward-noise.")] = None,
+    preset: Annotated[Optional[str], typer.Option(
+        "--preset", metavar="|".join(PRESETS), help="Start from a named set of settings; flags given explicitly "
+        "still win. paper: " + PRESETS["paper"].summary + ".")] = None,
     rounds: Annotated[int, typer.Option("--rounds", min=1, help="Communication rounds.")] = 10,
     local_epochs: Annotated[int, typer.Option("--local-epochs", min=1, help="Local epochs per round.")] = 1,
     iters: Annotated[int, typer.Option("--iters", min=1, help="Iterations per local epoch.")] = 25,
@@ -128,6 +133,8 @@ def train(
                             optimizer=OptimizerConfig(kind=optimizer, lr=lr or optimizer.default_lr,
                                                       schedule=lr_schedule),
                             crdm=CrdmConfig(eval_timestep=eval_timestep), defence=DefenceConfig.parse(defence))
+    if preset:
+        config = preset_named(preset).apply(config, keep=_explicit_settings(ctx))
     plans_path = find_plans(preprocessed_root(preprocessed), datasets, federation)
     names = client_names(plans_path, datasets)
     run_folder = run_folder_for(results_root(results), plans_path, config, names)
@@ -135,7 +142,7 @@ def train(
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("eta"),
                   TimeRemainingColumn(), console=console) as progress:
-        trainer = FederatedTrainer(plans_path, names, config, run_folder, RichTrainingReporter(progress, rounds),
+        trainer = FederatedTrainer(plans_path, names, config, run_folder, RichTrainingReporter(progress, config.rounds),
                                    capture=_capture_request(plans_path, names, capture_round, capture_clients))
         summary = trainer.run(resume=resume, overwrite=overwrite)
     table = Table(title=f"{run_folder.parent.name}, fold {fold}: validation Dice after round {summary.rounds_done}")
@@ -146,6 +153,22 @@ def train(
     console.print(table)
     console.print(f"best mean Dice {summary.best_score:.3f}; run folder: {summary.run_folder} "
                   f"(mucald_predict --run {run_folder.parent.name})")
+
+
+# the flag (its parameter name) that sets each setting a preset may name
+_FLAG_OF_SETTING = {"rounds": "rounds", "local_epochs": "local_epochs", "iterations_per_epoch": "iters",
+                    "fedprox_mu": "fedprox_mu", "aggregation": "aggregation", "local_norms": "local_norms",
+                    "optimizer.kind": "optimizer", "optimizer.lr": "lr", "optimizer.schedule": "lr_schedule",
+                    "crdm.eval_timestep": "eval_timestep"}
+
+
+def _explicit_settings(ctx: typer.Context) -> set[str]:
+    """The settings whose flag was typed on the command line (a preset leaves those alone).
+
+    Compared by name: typer ships its own copy of click, whose ParameterSource is not click's.
+    """
+    return {setting for setting, flag in _FLAG_OF_SETTING.items()
+            if getattr(ctx.get_parameter_source(flag), "name", None) == "COMMANDLINE"}
 
 
 def _capture_request(plans_path, names: list[str], round_number: int | None,

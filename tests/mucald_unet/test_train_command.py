@@ -58,3 +58,17 @@ def test_defence_and_capture_flags(tiny_federation: Path, tmp_path: Path, capsys
     assert main(["-d", "1", "2", "3", "--preprocessed", preprocessed, "--results", str(tmp_path), "--method", "local",
                  "--capture-round", "1"]) == 1
     assert "no client/server boundary" in capsys.readouterr().err
+
+
+def test_preset_paper_sets_the_papers_settings_and_explicit_flags_win(tiny_federation: Path, tmp_path: Path) -> None:
+    preprocessed = str(tiny_federation.parent.parent)
+    code = main(["-d", "1", "2", "3", "--preprocessed", preprocessed, "--results", str(tmp_path), "--method",
+                 "splitfed", "--preset", "paper", "--rounds", "1", "--local-epochs", "1", "--iters", "1"])
+    assert code == 0
+    [config_file] = (tmp_path / tiny_federation.parent.name).glob("splitfed__*/fold_0/config.json")
+    trained = json.loads(config_file.read_text())["training"]
+    assert (trained["rounds"], trained["local_epochs"], trained["iterations_per_epoch"]) == (1, 1, 1)  # typed: kept
+    optimizer = trained["optimizer"]
+    assert (optimizer["kind"], optimizer["lr"], optimizer["aux_lr"], optimizer["schedule"]) == (
+        "adamw", 1e-4, 5e-5, "constant")
+    assert (trained["fedprox_mu"], trained["aggregation"]) == (1e-3, "equal")
