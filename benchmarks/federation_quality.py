@@ -109,7 +109,8 @@ class QualityVariant(Variant):
     @classmethod
     def parse(cls, text: str) -> "QualityVariant":
         """``METHOD[:KEY=VALUE,...]``: ``mucald:local_norms=true,losses.adversarial=0.3``; values are
-        JSON (true, 0.3, null) or else plain text (causal)."""
+        JSON (true, 0.3, null) or else plain text (causal). ``preset=paper`` stands for the preset's
+        settings less its rounds and epochs, so the row compares at the referee's budget."""
         method, _, settings = text.partition(":")
         overrides = []
         for item in (part.strip() for part in settings.split(",") if part.strip()):
@@ -117,7 +118,12 @@ class QualityVariant(Variant):
             if not equals:
                 raise MucaldError(f"variant {text!r}: {item!r} is not KEY=VALUE. Fix: e.g. "
                                   "--variants mucald:local_norms=true")
-            overrides.append((key.strip(), parse_value(value.strip())))
+            if key.strip() == "preset":  # the preset's settings at the referee's budget
+                from mucald_unet.presets import preset_named
+
+                overrides += preset_named(value.strip()).without_budget().settings.items()
+            else:
+                overrides.append((key.strip(), parse_value(value.strip())))
         variant = cls(method.strip(), overrides=tuple(overrides))
         variant.training_config()  # unknown method, unknown setting or a refused combination: fail now
         return variant

@@ -198,6 +198,8 @@ def test_federation_quality_variants_replace_settings_and_name_them_as_the_train
     config = variant.training_config(seed=2)
     assert (config.local_norms, config.losses.adversarial, config.seed) == (True, 0.3, 2)
     assert federation_quality.QualityVariant.parse("mucald:aggregation=causal").training_config().aggregation == "causal"
+    paper = federation_quality.QualityVariant.parse("mucald:preset=paper").training_config(rounds=10)
+    assert (paper.rounds, paper.optimizer.lr, paper.optimizer.encoder_lr) == (10, 1e-4, 5e-5)  # budget kept
     with pytest.raises(MucaldError, match="unknown training setting 'local_norm'"):
         federation_quality.QualityVariant.parse("mucald:local_norm=true")
     with pytest.raises(MucaldError, match="is not KEY=VALUE"):
