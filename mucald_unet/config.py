@@ -198,6 +198,9 @@ class CrdmConfig:
     denoiser_downsample: int = 4  # latent resolution: 1/4 per axis the server's first two stages pool
     scm_hidden: int = 128
     weak_proxy_scale: float = 0.25  # proxy weight for clients whose graph has no edges
+    # the paper averages the exogenous encoders; their node heads then mix clients whose node slot
+    # i stands for different proxies (lesion size here, head perimeter there). False keeps them personal.
+    share_exogenous: bool = True
 
 
 @dataclass(frozen=True)
@@ -369,6 +372,7 @@ class TrainingConfig:
 
 _NOT_IN_NAME = frozenset({"method", "ablations", "defence.kind", "defence.strength", "device", "fold"})
 _SHORT_NAMES = {"aggregation": "agg", "fedprox_mu": "mu", "local_norms": "local-norms", "crdm.eval_timestep": "eval-t",
+                "crdm.share_exogenous": "shared-exogenous",
                 "optimizer.lr": "lr", "optimizer.aux_lr": "aux-lr",
                 "optimizer.kind": "opt", "optimizer.schedule": "lr-schedule", "local_epochs": "epochs",
                 "iterations_per_epoch": "iters",

@@ -4,8 +4,9 @@ x -> exogenous encoder -> u -> neural SCM -> z_causal (proxy loss, KLs)
 x -> forward noise at t -> x_t -> denoiser(x_t, t, z_causal) -> eps_pred (diffusion loss, x detached)
 x0_hat = (x_t - sqrt(1 - a_bar) eps_pred.detach()) / sqrt(a_bar): segmentation gradients reach x
 through x_t with gain 1, while the residual noise is bounded by the schedule's gain cap.
-Schedule, denoiser and this module are separate objects; ``SHARED`` names the submodules that
-the server averages (MUCALD.md), the rest stays with the client.
+Schedule, denoiser and this module are separate objects; ``shared_parts`` names the submodules
+that the server averages (MUCALD.md: the exogenous encoder and the denoiser), the rest stays with
+the client.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ class SplitOptions:
     denoiser_width: int = 32
     denoiser_downsample: tuple[int, ...] = (4, 4)
     scm_hidden: int = 128
+    share_exogenous: bool = True  # False: the encoder's node heads mean this client's own proxies
 
 
 @dataclass
@@ -40,8 +42,6 @@ class SplitResult:
 
 
 class CausalDiffusionSplit(nn.Module):
-    SHARED = ("exogenous", "denoiser")
-
     def __init__(self, spatial_dims: int, channels: int, graph: NodeGraph, node_dim: int,
                  schedule: NoiseSchedule, options: SplitOptions) -> None:
         super().__init__()
@@ -49,6 +49,7 @@ class CausalDiffusionSplit(nn.Module):
         self.node_dim = node_dim
         self.schedule = schedule
         self.options = options
+        self.shared_parts = ("exogenous", "denoiser") if options.share_exogenous else ("denoiser",)
         self.exogenous = ExogenousEncoder(spatial_dims, channels, num_nodes, node_dim)
         self.scm = (NeuralSCM(graph, node_dim, options.scm_hidden) if options.causal_graph
                     else PlainLatentMap(num_nodes, node_dim, options.scm_hidden))
@@ -99,5 +100,5 @@ class CausalDiffusionSplit(nn.Module):
         return x + gain * (noise - eps_pred.detach())
 
     def shared_state(self) -> dict[str, Tensor]:
-        """The averaged part (exogenous encoder and denoiser), keyed by submodule path."""
-        return {k: v for k, v in self.state_dict().items() if k.split(".", 1)[0] in self.SHARED}
+        """The averaged part (``shared_parts``), keyed by submodule path."""
+        return {k: v for k, v in self.state_dict().items() if k.split(".", 1)[0] in self.shared_parts}

@@ -80,7 +80,7 @@ def split_options(federation: FederationPlan, config: TrainingConfig) -> SplitOp
                         diffusion=Ablation.NO_DIFFUSION not in ablations,
                         forward_noise=Ablation.NO_FORWARD_NOISE not in ablations,
                         denoiser_width=config.crdm.denoiser_width_factor * federation.split_channels,
-                        scm_hidden=config.crdm.scm_hidden,
+                        scm_hidden=config.crdm.scm_hidden, share_exogenous=config.crdm.share_exogenous,
                         denoiser_downsample=latent_downsample(federation, config.crdm.denoiser_downsample))
 
 

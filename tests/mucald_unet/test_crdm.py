@@ -226,3 +226,5 @@ def test_shared_state_is_exactly_the_exogenous_encoder_and_the_denoiser() -> Non
     roots = {key.split(".")[0] for key in module.shared_state()}
     assert roots == {"exogenous", "denoiser"}
     assert {key.split(".")[0] for key in module.state_dict()} - roots == {"scm", "prior"}
+    personal = split_module(share_exogenous=False)
+    assert {key.split(".")[0] for key in personal.shared_state()} == {"denoiser"}

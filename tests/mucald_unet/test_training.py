@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from mucald_unet.config import Ablation, TrainingConfig
+from mucald_unet.config import Ablation, CrdmConfig, TrainingConfig
 from mucald_unet.errors import DivergenceError, TrainingError
 from mucald_unet.federation.messages import VALIDATION_STEP
 from mucald_unet.federation.transport import CaptureRequest
@@ -153,16 +153,19 @@ def test_nothing_but_features_gradients_weights_and_scalars_cross(tiny_federatio
         assert not any(np.ascontiguousarray(part).tobytes() in contents for part in array)
 
 
-def test_aggregation_averages_exactly_the_listed_modules(tiny_federation: Path, tmp_path: Path) -> None:
-    run = trainer(tiny_federation, tmp_path)
+@pytest.mark.parametrize("share_exogenous", [True, False])
+def test_aggregation_averages_exactly_the_listed_modules(tiny_federation: Path, tmp_path: Path,
+                                                         share_exogenous: bool) -> None:
+    run = trainer(tiny_federation, tmp_path, crdm=CrdmConfig(share_exogenous=share_exogenous))
     run.run()
+    averaged = ("exogenous", "denoiser") if share_exogenous else ("denoiser",)
     first, *others = run.clients
     for other in others:
         for split in ("crdm1", "crdm2"):
             a, b = first.splits[split].state_dict(), other.splits[split].state_dict()
             for key in a:
                 same = torch.equal(a[key], b[key])
-                assert same == (key.split(".")[0] in ("exogenous", "denoiser")), key
+                assert same == (key.split(".")[0] in averaged), key
         assert not torch.equal(first.front_end.stem.conv1.conv.weight[:, :1], other.front_end.stem.conv1.conv.weight[:, :1])
     segments = list(run.server.segments.values())
     for segment in segments[1:]:
