@@ -211,12 +211,14 @@ class StrategyOptions:
     ditto_lambda: float = 0.1  # weight of Ditto's personal regulariser lambda/2 ||v - w||^2
     fedper_stages: int = 1  # FedPer: the server segment's last decoder stages kept personal
     fedrep_head_fraction: float = 0.5  # FedRep: share of each round's steps that train the personal parts
+    mocha_lambda: float = 1e-4  # MOCHA: weight of lambda/2 tr(W Omega^-1 W^T) over the clients' segments
 
     def __post_init__(self) -> None:
-        if not (self.ditto_lambda >= 0 and self.fedper_stages >= 1 and 0 < self.fedrep_head_fraction < 1):
+        if not (self.ditto_lambda >= 0 and self.fedper_stages >= 1 and 0 < self.fedrep_head_fraction < 1
+                and self.mocha_lambda >= 0):
             raise TrainingError(f"method options out of range (ditto_lambda={self.ditto_lambda} must be >= 0, "
                                 f"fedper_stages={self.fedper_stages} >= 1, fedrep_head_fraction="
-                                f"{self.fedrep_head_fraction} in (0, 1)).")
+                                f"{self.fedrep_head_fraction} in (0, 1), mocha_lambda={self.mocha_lambda} >= 0).")
 
 
 @dataclass(frozen=True)
@@ -377,7 +379,8 @@ _SHORT_NAMES = {"aggregation": "agg", "fedprox_mu": "mu", "local_norms": "local-
                 "optimizer.kind": "opt", "optimizer.schedule": "lr-schedule", "local_epochs": "epochs",
                 "iterations_per_epoch": "iters",
                 "max_train_cases": "max-train-cases", "strategy.ditto_lambda": "ditto-lambda",
-                "strategy.fedper_stages": "fedper-stages", "strategy.fedrep_head_fraction": "fedrep-head"}
+                "strategy.fedper_stages": "fedper-stages", "strategy.fedrep_head_fraction": "fedrep-head",
+                "strategy.mocha_lambda": "mocha-lambda"}
 MAX_RUN_NAME = 96  # longer names keep their leading labels and end in a digest of all of them
 
 

@@ -100,6 +100,9 @@ def train(
     fedrep_head_fraction: Annotated[float, typer.Option(
         "--fedrep-head-fraction", min=0.0, max=1.0, help="--method fedrep: share of each round's steps that "
         "train the personal parts before the shared body.")] = StrategyOptions.fedrep_head_fraction,
+    mocha_lambda: Annotated[float, typer.Option(
+        "--mocha-lambda", min=0.0, help="--method mocha: weight of the task-relationship coupling "
+        "lambda/2 tr(W Omega^-1 W^T) of the clients' server segments.")] = StrategyOptions.mocha_lambda,
     eval_timestep: Annotated[Optional[int], typer.Option(
         "--eval-timestep", min=1, help="Noise level of what crosses at evaluation (default: the plan's, T/2); "
         "training draws timesteps up to it. Lower keeps more Dice and less privacy.")] = None,
@@ -129,7 +132,8 @@ def train(
                             aggregation=aggregation.value, fedprox_mu=fedprox_mu,
                             local_norms=local_norms,
                             strategy=StrategyOptions(ditto_lambda=ditto_lambda, fedper_stages=fedper_stages,
-                                                     fedrep_head_fraction=fedrep_head_fraction),
+                                                     fedrep_head_fraction=fedrep_head_fraction,
+                                                     mocha_lambda=mocha_lambda),
                             optimizer=OptimizerConfig(kind=optimizer, lr=lr or optimizer.default_lr,
                                                       schedule=lr_schedule),
                             crdm=CrdmConfig(eval_timestep=eval_timestep), defence=DefenceConfig.parse(defence))

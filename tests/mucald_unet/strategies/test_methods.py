@@ -20,7 +20,7 @@ from tests.mucald_unet.conftest import CrashAfterRound, quick_config
 
 def shared_by_definition(method: str, name: str, decoder_stages: int) -> bool:
     """docs/federation_methods.md, restated: is the server-segment parameter ``name`` shared?"""
-    if method in ("local", "ditto"):  # ditto: the deployed segment is personal, its global track is shared
+    if method in ("local", "ditto", "mocha"):  # ditto: the deployed segment is personal, its global track is shared
         return False
     if method == "fedbn":
         return ".norm" not in name
@@ -68,7 +68,7 @@ def server_and_strategy_state(folder: Path) -> dict[str, torch.Tensor]:
     return flat
 
 
-@pytest.mark.parametrize("method", ["scaffold", "ditto"])
+@pytest.mark.parametrize("method", ["scaffold", "ditto", "mocha"])
 def test_a_resumed_run_keeps_the_strategy_state_and_equals_an_uninterrupted_one(tiny_federation: Path,
                                                                                 tmp_path: Path, method: str) -> None:
     config = quick_config(method, rounds=2, iterations=2)
