@@ -212,13 +212,15 @@ class StrategyOptions:
     fedper_stages: int = 1  # FedPer: the server segment's last decoder stages kept personal
     fedrep_head_fraction: float = 0.5  # FedRep: share of each round's steps that train the personal parts
     mocha_lambda: float = 1e-4  # MOCHA: weight of lambda/2 tr(W Omega^-1 W^T) over the clients' segments
+    fedem_components: int = 3  # FedEM: mixture components of the server segment (the FedEM paper's M)
 
     def __post_init__(self) -> None:
         if not (self.ditto_lambda >= 0 and self.fedper_stages >= 1 and 0 < self.fedrep_head_fraction < 1
-                and self.mocha_lambda >= 0):
+                and self.mocha_lambda >= 0 and self.fedem_components >= 2):
             raise TrainingError(f"method options out of range (ditto_lambda={self.ditto_lambda} must be >= 0, "
                                 f"fedper_stages={self.fedper_stages} >= 1, fedrep_head_fraction="
-                                f"{self.fedrep_head_fraction} in (0, 1), mocha_lambda={self.mocha_lambda} >= 0).")
+                                f"{self.fedrep_head_fraction} in (0, 1), mocha_lambda={self.mocha_lambda} >= 0, "
+                                f"fedem_components={self.fedem_components} >= 2).")
 
 
 @dataclass(frozen=True)
@@ -285,6 +287,11 @@ class TrainingConfig:
     @property
     def uses_daca(self) -> bool:
         return DACA in self.method_spec.components and Ablation.NO_DACA not in self.ablations
+
+    @property
+    def mixture_size(self) -> int:
+        """Components of the server segment: FedEM's M, 1 for every other method."""
+        return self.strategy.fedem_components if self.method_spec.mixture else 1
 
     @property
     def federated(self) -> bool:
@@ -380,7 +387,7 @@ _SHORT_NAMES = {"aggregation": "agg", "fedprox_mu": "mu", "local_norms": "local-
                 "iterations_per_epoch": "iters",
                 "max_train_cases": "max-train-cases", "strategy.ditto_lambda": "ditto-lambda",
                 "strategy.fedper_stages": "fedper-stages", "strategy.fedrep_head_fraction": "fedrep-head",
-                "strategy.mocha_lambda": "mocha-lambda"}
+                "strategy.mocha_lambda": "mocha-lambda", "strategy.fedem_components": "fedem-components"}
 MAX_RUN_NAME = 96  # longer names keep their leading labels and end in a digest of all of them
 
 

@@ -103,6 +103,9 @@ def train(
     mocha_lambda: Annotated[float, typer.Option(
         "--mocha-lambda", min=0.0, help="--method mocha: weight of the task-relationship coupling "
         "lambda/2 tr(W Omega^-1 W^T) of the clients' server segments.")] = StrategyOptions.mocha_lambda,
+    fedem_components: Annotated[int, typer.Option(
+        "--fedem-components", min=2, help="--method fedem: mixture components of the server segment "
+        "(each one's features and gradients cross every step).")] = StrategyOptions.fedem_components,
     eval_timestep: Annotated[Optional[int], typer.Option(
         "--eval-timestep", min=1, help="Noise level of what crosses at evaluation (default: the plan's, T/2); "
         "training draws timesteps up to it. Lower keeps more Dice and less privacy.")] = None,
@@ -133,7 +136,8 @@ def train(
                             local_norms=local_norms,
                             strategy=StrategyOptions(ditto_lambda=ditto_lambda, fedper_stages=fedper_stages,
                                                      fedrep_head_fraction=fedrep_head_fraction,
-                                                     mocha_lambda=mocha_lambda),
+                                                     mocha_lambda=mocha_lambda,
+                                                     fedem_components=fedem_components),
                             optimizer=OptimizerConfig(kind=optimizer, lr=lr or optimizer.default_lr,
                                                       schedule=lr_schedule),
                             crdm=CrdmConfig(eval_timestep=eval_timestep), defence=DefenceConfig.parse(defence))

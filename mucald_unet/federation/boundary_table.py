@@ -39,9 +39,9 @@ MESSAGES: tuple[Crossing, ...] = (
     Crossing(Kind.FEATURES, "split1", UP, f"features {FEATURE_SHAPE}", "",
              "every training step; every validation window (step -1)",
              "no: a function of the image (FE, CRDM1, the split-1 defence)"),
-    Crossing(Kind.FEATURES, "split2", DOWN, f"features {FEATURE_SHAPE}", "", "reply to features/split1",
-             "no: the server segment applied to split-1 features"),
-    Crossing(Kind.GRADIENT, "split2", UP, f"gradient {FEATURE_SHAPE}", "", "every training step",
+    Crossing(Kind.FEATURES, "split2", DOWN, f"features {FEATURE_SHAPE}; fedem: M x B maps, one per component",
+             "", "reply to features/split1", "no: the server segment applied to split-1 features"),
+    Crossing(Kind.GRADIENT, "split2", UP, f"gradient {FEATURE_SHAPE}; fedem: M x B", "", "every training step",
              "yes: d(segmentation loss + CRDM2's proxy loss)/d(split-2 features), computed from the "
              "labels and proxies (what split learning must send)"),
     Crossing(Kind.GRADIENT, "split1", DOWN, f"gradient {FEATURE_SHAPE}", "", "reply to gradient/split2",

@@ -22,6 +22,7 @@ from mucald_unet.defences.nopeek import nopeek_loss
 from mucald_unet.federation.client_network import ClientNetwork
 from mucald_unet.federation.messages import VALIDATION_STEP, Kind, Message
 from mucald_unet.federation.transport import Transport
+from mucald_unet.networks.mixture import split_components
 from mucald_unet.training.augmentation import build_augmentation
 from mucald_unet.training.batch_stream import RoundBatch
 from mucald_unet.training.data import PatchSampler, TrainingCase
@@ -66,6 +67,7 @@ class SplitClient:
         self.proxy_scale = 1.0 if has_edges else config.crdm.weak_proxy_scale
         self.schedule = config.method_spec.schedule(config)  # FedRep: some steps train only the server
         self._round_terms: list[tuple] = []  # per step: (term names, their values as one tensor)
+        self._responsibility_sum = torch.zeros(config.mixture_size, device=self.device)  # FedEM's E-step
 
     @property
     def front_end(self) -> nn.Module:
@@ -120,7 +122,8 @@ class SplitClient:
                                                {"features": head.features}))
         received = reply.tensors["features"].requires_grad_(True)
         tail = self.network.through_split("crdm2", received, proxies, mask)
-        seg = self.seg_loss(self.back_end(tail.features), labels)
+        logits = self.back_end(tail.features)
+        seg = self.seg_loss(logits, labels) if self.network.mixture is None else self._mixture_loss(logits, labels)
 
         head_terms = {f"{k}1": v for k, v in head.losses.items()}
         if self.config.defence.nopeek_weight > 0:
@@ -144,6 +147,26 @@ class SplitClient:
         self._round_terms.append(({**head_terms, **tail_terms}.keys(), values))
         return float(values[len(head_terms)])  # seg; already on the host side of the one sync
 
+    def _mixture_loss(self, stacked_logits: Tensor, labels: Tensor) -> Tensor:
+        """FedEM's local step: each sample's loss under each component, its responsibilities
+        q(m) proportional to pi_m exp(-loss_m) (E-step, no gradient), and the q-weighted loss (M-step)."""
+        mixture = self.network.mixture
+        per_component = split_components(stacked_logits, mixture.count)
+        losses = torch.stack([torch.stack([self.seg_loss(component[b:b + 1], labels[b:b + 1])
+                                           for b in range(labels.shape[0])]) for component in per_component])
+        responsibilities = mixture.responsibilities(losses.detach())
+        self._responsibility_sum += responsibilities.sum(dim=1)
+        return (responsibilities * losses).sum() / labels.shape[0]
+
+    def _close_mixture_round(self) -> dict[str, float]:
+        """pi <- the round's mean responsibility (FedEM's pi update); pi's new values, for the log."""
+        mixture = self.network.mixture
+        total = float(self._responsibility_sum.sum())
+        if total > 0:
+            mixture.set_weights(self._responsibility_sum / total)
+        self._responsibility_sum.zero_()
+        return {f"fedem_pi{m}": float(w) for m, w in enumerate(mixture.weights)}
+
     def _term_weights(self, factor: float) -> dict[str, float]:
         w = self.config.losses
         weights = {"seg": self.seg_weight, "nopeek": self.config.defence.nopeek_weight}
@@ -161,13 +184,15 @@ class SplitClient:
         return values
 
     def pop_round_terms(self) -> dict[str, float]:
-        """Mean of each loss term over the round's steps (for the log and the report)."""
+        """Mean of each loss term over the round's steps (for the log and the report); under FedEM
+        this also closes the round's E-step, so validation sees the round's mixture weights."""
         sums: dict[str, list[Tensor]] = {}
         for names, values in self._round_terms:
             for name, value in zip(names, values):
                 sums.setdefault(name, []).append(value)
         self._round_terms = []
-        return {name: float(torch.stack(v).mean()) for name, v in sums.items()}
+        terms = {name: float(torch.stack(v).mean()) for name, v in sums.items()}
+        return terms if self.network.mixture is None else {**terms, **self._close_mixture_round()}
 
     # ---- validation and inference -----------------------------------------------------------
     def predict_window(self, images: Tensor, round_index: int = 0,

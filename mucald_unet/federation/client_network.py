@@ -18,6 +18,7 @@ from mucald_unet.crdm.causal_latent import NodeGraph
 from mucald_unet.crdm.noise_schedule import NoiseSchedule
 from mucald_unet.crdm.split_point import CausalDiffusionSplit, SplitOptions, SplitResult
 from mucald_unet.defences.gaussian import BoundaryNoise
+from mucald_unet.networks.mixture import MixtureWeights
 from mucald_unet.networks.segments import build_back_end, build_front_end
 from planners.plans import ClientPlan, FederationPlan
 
@@ -41,10 +42,13 @@ class ClientNetwork(nn.Module):
                 self.splits[split] = CausalDiffusionSplit(federation.server_segment.spatial_dims,
                                                           federation.split_channels, graph,
                                                           federation.causal.node_dim, schedule, options)
+        # FedEM: the server returns one split-2 map per component; pi combines their predictions
+        self.mixture = MixtureWeights(config.mixture_size) if config.mixture_size > 1 else None
 
     def parts(self) -> dict[str, nn.Module]:
         """The named parts a checkpoint stores one state dict for each."""
-        return {"front_end": self.front_end, "back_end": self.back_end, **dict(self.splits.items())}
+        mixture = {"mixture": self.mixture} if self.mixture is not None else {}
+        return {"front_end": self.front_end, "back_end": self.back_end, **dict(self.splits.items()), **mixture}
 
     def load_parts(self, states: dict[str, dict]) -> None:
         missing = sorted(set(self.parts()) - set(states))
@@ -68,10 +72,12 @@ class ClientNetwork(nn.Module):
         return result
 
     def segment(self, images: Tensor, middle: Middle, noise_generator: torch.Generator | None = None) -> Tensor:
-        """Class logits of a batch: head -> middle -> CRDM2 -> BE (no losses)."""
+        """Class logits of a batch: head -> middle -> CRDM2 -> BE (no losses); with a mixture middle,
+        the log of the pi-weighted mixture of the components' class probabilities."""
         features = self.head(images, noise_generator=noise_generator).features
         features = self.through_split("crdm2", middle(features), noise_generator=noise_generator).features
-        return self.back_end(features)
+        logits = self.back_end(features)
+        return logits if self.mixture is None else self.mixture.combine(logits)
 
 
 def split_options(federation: FederationPlan, config: TrainingConfig) -> SplitOptions:

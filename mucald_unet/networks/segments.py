@@ -10,6 +10,7 @@ from monai.networks.blocks.dynunet_block import UnetBasicBlock, UnetOutBlock
 from monai.networks.nets import DynUNet
 from torch import Tensor, nn
 
+from mucald_unet.networks.mixture import MixtureSegment
 from planners.plans import ClientPlan, FederationPlan
 
 NORM = ("INSTANCE", {"affine": True})
@@ -64,3 +65,11 @@ def build_server_segment(federation: FederationPlan) -> DynUNet:
         norm_name=NORM,
         act_name=ACTIVATION,
     )
+
+
+def build_middle(federation: FederationPlan, mixture_size: int = 1) -> nn.Module:
+    """The server's segment of one client: the U-Net body, or (FedEM) a mixture of
+    ``mixture_size`` bodies, each initialised from its own draw of the random state."""
+    if mixture_size == 1:
+        return build_server_segment(federation)
+    return MixtureSegment([build_server_segment(federation) for _ in range(mixture_size)])

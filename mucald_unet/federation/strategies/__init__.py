@@ -10,7 +10,7 @@ from mucald_unet.federation.strategies.registry import (CRDM, DACA, MethodSpec, 
                                                         register)
 from mucald_unet.federation.strategies.schedule import EVERY_STEP, Phase, Schedule
 from mucald_unet.federation.strategies import (mucald, splitfed, local, centralized,  # noqa: F401, E402
-                                               fedprox, fedbn, fedper, fedrep, scaffold, ditto, mocha)
+                                               fedprox, fedbn, fedper, fedrep, scaffold, ditto, mocha, fedem)
 
 __all__ = ["CRDM", "DACA", "EVERY_STEP", "MethodSpec", "Phase", "Schedule", "SegmentSlot", "SegmentStrategy",
            "StrategyContext", "canonical_names", "is_norm_key", "method_names", "method_spec", "register"]

@@ -45,6 +45,7 @@ class MethodSpec:
     schedule: Callable[["TrainingConfig"], Schedule] = field(default=_every_step)
     options: tuple[str, ...] = ()
     local_norms_conflict: str | None = None  # why --local-norms means nothing here (then refused)
+    mixture: bool = False  # the server segment is a mixture of --fedem-components segments (FedEM)
 
 
 _METHODS: dict[str, MethodSpec] = {}

@@ -13,7 +13,7 @@ from mucald_unet.errors import TrainingError
 from mucald_unet.federation.strategies import CRDM, DACA, MethodSpec, method_names, method_spec, register
 from mucald_unet.federation.strategies.local import NoAggregation
 
-METHODS = ["mucald", "splitfed", "local", "centralized", "fedprox", "fedbn", "fedper", "fedrep", "scaffold", "ditto", "mocha"]
+METHODS = ["mucald", "splitfed", "local", "centralized", "fedprox", "fedbn", "fedper", "fedrep", "scaffold", "ditto", "mocha", "fedem"]
 
 
 def test_every_method_is_registered_in_order_and_only_mucald_has_crdm_and_daca() -> None:
