@@ -201,6 +201,9 @@ class CrdmConfig:
     # the paper averages the exogenous encoders; their node heads then mix clients whose node slot
     # i stands for different proxies (lesion size here, head perimeter there). False keeps them personal.
     share_exogenous: bool = True
+    # uniform t up to the eval timestep trains the segmentation path at about half the noise that
+    # validation and prediction (and the eval-time privacy) use; True trains at the eval level only
+    train_at_eval_noise: bool = False
 
 
 @dataclass(frozen=True)
@@ -381,7 +384,7 @@ class TrainingConfig:
 
 _NOT_IN_NAME = frozenset({"method", "ablations", "defence.kind", "defence.strength", "device", "fold"})
 _SHORT_NAMES = {"aggregation": "agg", "fedprox_mu": "mu", "local_norms": "local-norms", "crdm.eval_timestep": "eval-t",
-                "crdm.share_exogenous": "shared-exogenous",
+                "crdm.share_exogenous": "shared-exogenous", "crdm.train_at_eval_noise": "train-at-eval-noise",
                 "optimizer.lr": "lr", "optimizer.aux_lr": "aux-lr",
                 "optimizer.kind": "opt", "optimizer.schedule": "lr-schedule", "local_epochs": "epochs",
                 "iterations_per_epoch": "iters",

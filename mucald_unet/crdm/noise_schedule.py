@@ -17,7 +17,7 @@ from planners.plans import DiffusionPlan
 
 class NoiseSchedule:
     def __init__(self, plan: DiffusionPlan, max_noise_gain: float | None = None,
-                 eval_timestep: int | None = None) -> None:
+                 eval_timestep: int | None = None, train_at_eval: bool = False) -> None:
         self.scheduler = DDPMScheduler(num_train_timesteps=plan.num_train_timesteps,
                                        beta_schedule=plan.beta_schedule, clip_sample=False)
         self.alphas_cumprod = self.scheduler.alphas_cumprod.to(torch.float64)
@@ -30,13 +30,17 @@ class NoiseSchedule:
             raise ValueError(f"max_noise_gain {limit:.3g} excludes the eval timestep {self.eval_timestep} "
                              f"(gain {float(gains[self.eval_timestep]):.3g}); raise it or lower the eval timestep.")
         self.max_train_timestep = int(allowed.max())
+        self.train_at_eval = train_at_eval
 
     def noise_gain(self, timesteps: Tensor) -> Tensor:
         a_bar = self.alphas_cumprod[timesteps.long().cpu()]
         return torch.sqrt((1 - a_bar) / a_bar)
 
     def sample_timesteps(self, batch: int, device: torch.device) -> Tensor:
-        """t ~ U{1..t_max}, t_max the last timestep whose gain is within the bound."""
+        """t ~ U{1..t_max}, t_max the last timestep whose gain is within the bound; with
+        ``train_at_eval`` every step uses the eval timestep, the only noise level prediction uses."""
+        if self.train_at_eval:
+            return self.eval_timesteps(batch, device)
         return torch.randint(1, self.max_train_timestep + 1, (batch,), device=device)
 
     def eval_timesteps(self, batch: int, device: torch.device) -> Tensor:

@@ -36,7 +36,8 @@ class ClientNetwork(nn.Module):
         self.splits = nn.ModuleDict()
         if config.uses_crdm:
             options = split_options(federation, config)
-            schedule = NoiseSchedule(federation.diffusion, config.crdm.max_noise_gain, config.crdm.eval_timestep)
+            schedule = NoiseSchedule(federation.diffusion, config.crdm.max_noise_gain, config.crdm.eval_timestep,
+                                     config.crdm.train_at_eval_noise)
             graph = NodeGraph.from_plan(plan.causal_graph, federation.causal.num_nodes)
             for split in SPLITS:
                 self.splits[split] = CausalDiffusionSplit(federation.server_segment.spatial_dims,

@@ -41,6 +41,8 @@ def test_training_timesteps_stay_where_the_noise_gain_is_bounded() -> None:
         wider.noise_gain(torch.tensor([wider.max_train_timestep + 1])))
     with pytest.raises(ValueError, match="eval timestep"):
         NoiseSchedule(DiffusionPlan(), max_noise_gain=0.5)
+    at_eval = NoiseSchedule(DiffusionPlan(num_train_timesteps=400, eval_timestep=150), train_at_eval=True)
+    assert torch.equal(at_eval.sample_timesteps(64, torch.device("cpu")), torch.full((64,), 150))
 
 
 def test_gradient_reversal_flips_and_scales_the_gradient() -> None:

@@ -310,3 +310,12 @@ def test_max_train_cases_trains_on_a_fixed_subset_and_validates_on_the_whole_fol
     assert TrainingConfig(max_train_cases=2).run_name == "mucald__max-train-cases-2"
     with pytest.raises(TrainingError, match="--max-train-cases 1 or more"):
         quick_config(max_train_cases=0)
+
+
+def test_crdm_settings_reach_both_split_points(tiny_federation: Path, tmp_path: Path) -> None:
+    run = trainer(tiny_federation, tmp_path, crdm=CrdmConfig(train_at_eval_noise=True, share_exogenous=False))
+    for client in run.clients:
+        for split in client.splits.values():
+            assert split.schedule.train_at_eval and split.shared_parts == ("denoiser",)
+    plain = trainer(tiny_federation, tmp_path / "plain").clients[0].splits["crdm2"]
+    assert not plain.schedule.train_at_eval and plain.shared_parts == ("exogenous", "denoiser")
