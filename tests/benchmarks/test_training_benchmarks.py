@@ -176,6 +176,26 @@ def test_federation_quality_table_shows_the_gap_to_local() -> None:
         "| fedbn | FAILED | FAILED | FAILED | FAILED | 0/1 |"]
 
 
+def test_the_steadier_view_averages_each_clients_last_rounds_then_the_clients(tmp_path: Path) -> None:
+    from mucald_unet.training.run_log import RunLog
+
+    runs, results = fake_runs({"mucald": [{}, {}], "local": [{}]})
+    dice = {"mucald0": [0.1, 0.5, 0.6, 0.7], "mucald1": [0.2, 0.8, 0.8, 0.8], "local0": [0.9, 0.4, 0.5, 0.6]}
+    placed = []
+    for run in runs:
+        run = Run(run.data, run.variant, run.seed, run.plans_path, run.clients, tmp_path / run.folder.name)
+        for round_index, value in enumerate(dice[run.folder.name]):  # client B is 0.1 lower every round
+            RunLog(run.folder / federation_quality.LOG_FILE).extend(
+                {"event": "round", "round": round_index, "client": c, "mean_val_dice": value - 0.1 * i}
+                for i, c in enumerate(run.clients))
+        placed.append(run)
+    results = {run: {"final_dice": {}} for run in placed}
+    assert federation_quality.late_rounds_mean(placed[0]) == pytest.approx(0.55)  # rounds 1-3, A 0.6 and B 0.5
+    table = federation_quality.late_rounds_table(placed, results, ["mucald", "local", "fedbn"])
+    assert table.splitlines()[2:] == ["| mucald | 0.650 ± 0.141 | +0.200 |", "| local | 0.450 | +0.000 |",
+                                      "| fedbn | - | - |"]
+
+
 def test_federation_quality_budgets_and_methods_are_checked() -> None:
     assert federation_quality.Budget.parse("40x25") == federation_quality.Budget(40, 25)
     with pytest.raises(SystemExit):
@@ -184,10 +204,11 @@ def test_federation_quality_budgets_and_methods_are_checked() -> None:
         federation_quality.parse_args(["--rounds", "3"])  # the budget is one flag, not two
     variants = federation_quality.variants_of(federation_quality.parse_args([]))
     labels = [v.label for v in variants]
-    assert {"mucald", "splitfed", "local", "centralized", "fedbn", "fedper", "fedrep", "scaffold", "ditto"} <= set(labels)
+    assert {"mucald", "splitfed", "local", "centralized", "fedbn", "fedper", "fedrep", "scaffold", "ditto", "mocha",
+            "fedem"} <= set(labels)
     assert "fedprox mu-0.01" in labels  # at the recipe's mu it would repeat splitfed
     with pytest.raises(SystemExit, match="unknown method"):
-        federation_quality.variants_of(federation_quality.parse_args(["--methods", "fedem"]))
+        federation_quality.variants_of(federation_quality.parse_args(["--methods", "fedma"]))
 
 
 def test_federation_quality_variants_replace_settings_and_name_them_as_the_trainer_does() -> None:
@@ -249,3 +270,13 @@ def test_federation_quality_reports_dice_and_losses_and_resumes(work: Path, tmp_
     assert capsys.readouterr().err.count("finished earlier, skipped") == 6
     assert digest(summary) == written
     assert out.read_text().split("## demo", 1)[1] == text.split("## demo", 1)[1]
+    local_mean = re.search(rf"^\| local \| {NUMBER} \| {NUMBER} \| {NUMBER} \| ({NUMBER}) \|", text, re.M).group(1)
+    assert f"| local | {local_mean} | +0.000 |" in lines  # one round: the steadier view is the last round
+
+    capsys.readouterr()
+    only = argv[:argv.index("--methods")] + ["--methods", "mucald,local,splitfed", "--threads", "1", "--out", str(out),
+                                             "--report-only"]
+    assert federation_quality.main(only) == 0
+    assert children == []  # splitfed never ran, and --report-only does not train it
+    assert "--report-only: 4 of 6 runs finished earlier" in capsys.readouterr().err
+    assert re.search(r"^\| splitfed \| not run \|", out.read_text(), re.M)
