@@ -20,3 +20,7 @@ class DivergenceError(TrainingError):
 
     def __reduce__(self) -> tuple:  # picklable, like every error a worker process may raise
         return type(self), (self.client, self.term, self.round_index)
+
+
+class ServerRefusal(TrainingError):
+    """The server answered a client's request with an error message (a typed reply, not a crash)."""

@@ -58,6 +58,8 @@ MESSAGES: tuple[Crossing, ...] = (
              "val_loss (segmentation loss on validation labels), which causal-invariant fusion weighs by"),
     Crossing(Kind.ACK, "join / shared / round", DOWN, "none", "", "reply to report/join, weights/shared, "
              "report/round", "no"),
+    Crossing(Kind.ERROR, "the request's name", DOWN, "none", "", "instead of a reply, when the server refuses "
+             "a request (raised at the client as ServerRefusal)", "no: the server's reason, as text"),
 )
 
 

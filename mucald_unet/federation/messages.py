@@ -26,6 +26,7 @@ class Kind(str, Enum):
     WEIGHTS = "weights"  # state of shared modules, once per round
     REPORT = "report"  # round-end scalars for aggregation (sample count, proxy error, val loss)
     ACK = "ack"  # empty reply
+    ERROR = "error"  # the server refused the request; ``detail`` says what and why
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,7 @@ class Message:
     step: int  # iteration within the round, or VALIDATION_STEP
     tensors: dict[str, Tensor] = field(default_factory=dict)
     scalars: dict[str, float] = field(default_factory=dict)
+    detail: str = ""  # the reason of an ERROR reply; empty otherwise
 
     @property
     def num_bytes(self) -> int:

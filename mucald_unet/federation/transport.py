@@ -4,8 +4,9 @@ Split learning is client-driven request/response: the client sends features and 
 server's output, sends a gradient and receives one back, uploads weights and fetches the
 average. ``Transport.request`` is that one operation; a network transport implements it over a
 socket without touching the training code. The in-memory transport used for simulation hands
-over detached copies (nothing shares memory or an autograd graph across the boundary) and
-records every message in a manifest.
+over detached copies (nothing shares memory or an autograd graph across the boundary), or with
+``wire=True`` what the wire codec decodes, and records every message in a manifest. A server
+refusal crosses as an ERROR reply (``answer``) and is raised at the client as ``ServerRefusal``.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ from typing import Protocol
 
 import torch
 
-from mucald_unet.federation.messages import Direction, ManifestEntry, Message
+from mucald_unet.errors import ServerRefusal, TrainingError
+from mucald_unet.federation.messages import Direction, Kind, ManifestEntry, Message
+from mucald_unet.federation.wire import round_trip
 from mucald_unet.training.checkpoint import save_plain
 from mucald_unet.training.run_log import RunLog
 
@@ -29,31 +32,50 @@ class Transport(Protocol):
     def request(self, message: Message) -> Message: ...
 
 
+def answer(server: ServerEndpoint, message: Message) -> Message:
+    """The server's reply, or an ERROR reply carrying the reason when it refuses the request: what a
+    server process sends back instead of dying on one bad message."""
+    try:
+        return server.handle(message)
+    except TrainingError as refusal:
+        return Message(message.client, Kind.ERROR, message.name, message.round, message.step, detail=str(refusal))
+
+
+def raise_refusal(request: Message, reply: Message) -> Message:
+    """``reply`` unless it is an ERROR, which becomes a ``ServerRefusal`` naming the request."""
+    if reply.kind is Kind.ERROR:
+        step = "validation" if request.step < 0 else f"step {request.step}"
+        raise ServerRefusal(f"the server refused {request.kind.value}/{request.name} of {request.client} "
+                            f"(round {request.round}, {step}): {reply.detail}")
+    return reply
+
+
 def _handover(message: Message, device) -> Message:
     """What the other side receives: fresh leaf tensors on its device, same values."""
     tensors = {k: t.detach().to(device, copy=True) for k, t in message.tensors.items()}
     return Message(message.client, message.kind, message.name, message.round, message.step,
-                   tensors, dict(message.scalars))
+                   tensors, dict(message.scalars), message.detail)
 
 
 class InMemoryTransport:
     """Client and server in one process; every message is copied and recorded."""
 
     def __init__(self, server: ServerEndpoint, server_device="cpu", client_device="cpu",
-                 record: bool = True) -> None:
+                 record: bool = True, wire: bool = False) -> None:
         self.server = server
         self.server_device = server_device
         self.client_device = client_device
         self.record = record
+        self.handover = round_trip if wire else _handover  # wire: through the bytes a network would carry
         self.manifest: list[ManifestEntry] = []
 
     def request(self, message: Message) -> Message:
         if self.record:
             self.manifest.append(ManifestEntry.of(message, Direction.TO_SERVER))
-        reply = self.server.handle(_handover(message, self.server_device))
+        reply = answer(self.server, self.handover(message, self.server_device))
         if self.record:
             self.manifest.append(ManifestEntry.of(reply, Direction.TO_CLIENT))
-        return _handover(reply, self.client_device)
+        return raise_refusal(message, self.handover(reply, self.client_device))
 
     def drain_manifest(self) -> list[ManifestEntry]:
         """Entries recorded since the last drain (the trainer writes them out each round)."""

@@ -75,7 +75,7 @@ def test_the_round_report_carries_label_derived_errors_only_for_causal_fusion(
     assert all(e["scalars"] == ["num_samples"] for e in entries if e["kind"] == "report" and e["name"] == "join")
     rows = {(m.kind.value, name.strip(), m.direction.value) for m in MESSAGES for name in m.name.split("/")}
     assert {(e["kind"], e["name"], e["direction"]) for e in entries} <= rows  # the table covers all traffic
-    assert {e["kind"] for e in entries} == {k.value for k in Kind}
+    assert {e["kind"] for e in entries} == {k.value for k in Kind} - {Kind.ERROR.value}  # a good run is never refused
     plans = load_plans(tiny_federation)
     for entry in entries:
         if entry["kind"] in ("features", "gradient"):  # (B, split_channels, *patch_size)

@@ -1,0 +1,76 @@
+"""Messages as bytes: what a transport between two processes or machines sends.
+
+One safetensors blob per message (safetensors: tensors without pickle, so a blob from the other
+side can never run code here): its tensors are the message's tensors, its string metadata the
+envelope (wire version, client, kind, name, round, step, scalars as JSON, detail). Decoding
+checks the version before anything else, so a client and a server of different releases stop
+with a message that says so instead of misreading each other's fields.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+
+import torch
+from safetensors.torch import load as load_tensors
+from safetensors.torch import save as save_tensors
+
+from mucald_unet.errors import TrainingError
+from mucald_unet.federation.messages import Kind, Message
+
+WIRE_VERSION = 1
+_FORMAT = "mucald-message"
+
+
+class WireError(TrainingError):
+    """Bytes that are not a mucald message of this wire version."""
+
+
+def encode(message: Message) -> bytes:
+    envelope = {"format": _FORMAT, "version": str(WIRE_VERSION), "client": message.client,
+                "kind": message.kind.value, "name": message.name, "round": str(message.round),
+                "step": str(message.step), "scalars": json.dumps(message.scalars), "detail": message.detail}
+    tensors = {k: t.detach().cpu().contiguous() for k, t in message.tensors.items()}
+    return save_tensors(tensors, metadata=envelope)
+
+
+def decode(blob: bytes) -> Message:
+    """The message in ``blob`` (tensors on the CPU); refused by name when it is not one."""
+    envelope = _envelope(blob)
+    if envelope.get("format") != _FORMAT:
+        raise WireError("received bytes that are not a mucald message. Fix: point the client at a mucald "
+                        "server (and the server's port at nothing else).")
+    if envelope.get("version") != str(WIRE_VERSION):
+        raise WireError(f"received wire version {envelope.get('version')!r}, this mucald speaks {WIRE_VERSION}. "
+                        "Fix: install the same mucald version at the server and every client.")
+    try:
+        tensors = load_tensors(blob)
+        return Message(envelope["client"], Kind(envelope["kind"]), envelope["name"], int(envelope["round"]),
+                       int(envelope["step"]), tensors, {k: float(v) for k, v in json.loads(envelope["scalars"]).items()},
+                       envelope["detail"])
+    except (KeyError, ValueError, TypeError, json.JSONDecodeError) as err:
+        raise WireError(f"a mucald message of wire version {WIRE_VERSION} is malformed ({type(err).__name__}: "
+                        f"{err}). Fix: check that nothing between client and server alters the bytes.") from None
+
+
+def _envelope(blob: bytes) -> dict[str, str]:
+    """The metadata of a safetensors blob: 8 bytes of header length, then the JSON header."""
+    if len(blob) < 8:
+        return {}
+    (length,) = struct.unpack("<Q", blob[:8])
+    if length > len(blob) - 8:
+        return {}
+    try:
+        header = json.loads(blob[8:8 + length])
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return {}
+    metadata = header.get("__metadata__") if isinstance(header, dict) else None
+    return metadata if isinstance(metadata, dict) else {}
+
+
+def round_trip(message: Message, device: torch.device | str) -> Message:
+    """``message`` as the other side decodes it, on ``device``: what a network transport hands over."""
+    decoded = decode(encode(message))
+    return Message(decoded.client, decoded.kind, decoded.name, decoded.round, decoded.step,
+                   {k: t.to(device) for k, t in decoded.tensors.items()}, decoded.scalars, decoded.detail)
