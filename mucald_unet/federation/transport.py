@@ -18,7 +18,7 @@ from typing import Protocol
 import torch
 
 from mucald_unet.errors import ServerRefusal, TrainingError
-from mucald_unet.federation.messages import Direction, Kind, ManifestEntry, Message
+from mucald_unet.federation.messages import VALIDATION_STEP, Direction, Kind, ManifestEntry, Message
 from mucald_unet.federation.wire import round_trip
 from mucald_unet.training.checkpoint import save_plain
 from mucald_unet.training.run_log import RunLog
@@ -44,7 +44,7 @@ def answer(server: ServerEndpoint, message: Message) -> Message:
 def raise_refusal(request: Message, reply: Message) -> Message:
     """``reply`` unless it is an ERROR, which becomes a ``ServerRefusal`` naming the request."""
     if reply.kind is Kind.ERROR:
-        step = "validation" if request.step < 0 else f"step {request.step}"
+        step = "validation" if request.step == VALIDATION_STEP else f"step {request.step}"
         raise ServerRefusal(f"the server refused {request.kind.value}/{request.name} of {request.client} "
                             f"(round {request.round}, {step}): {reply.detail}")
     return reply
