@@ -58,25 +58,21 @@ class Mocha(SegmentStrategy):
         start = {k: v.detach().clone() for k, v in context.global_segment.named_parameters()}
         self.columns: dict[str, dict[str, Tensor]] = {c: {k: v.clone() for k, v in start.items()}
                                                       for c in context.clients}
-        self.precision = precision_of(self.omega)
-        self._couplings: dict[str, dict[str, Tensor]] = {}
-        self._refresh_couplings()
+        self.precision, self._couplings = self._couplings_of_columns()
 
     def is_personal(self, key: str) -> bool:
         """Every client's whole segment is its own; Omega, not averaging, relates them."""
         return True
 
-    def _refresh_couplings(self) -> None:
+    def _couplings_of_columns(self) -> tuple[Tensor, dict[str, dict[str, Tensor]]]:
         """P = Omega^-1 and, per client, sum_{j != i} P_ij w_j of the round-start columns: the fixed
         half of its term."""
-        self.precision = precision = precision_of(self.omega)
-        clients = self.context.clients
-        self._couplings = {}
-        for i, client in enumerate(clients):
-            self._couplings[client] = {
-                key: sum(float(precision[i, j]) * self.columns[other][key]
-                         for j, other in enumerate(clients) if other != client)
-                for key in self.columns[client]}
+        precision, clients = precision_of(self.omega), self.context.clients
+        couplings = {client: {key: sum(float(precision[i, j]) * self.columns[other][key]
+                                       for j, other in enumerate(clients) if other != client)
+                              for key in self.columns[client]}
+                     for i, client in enumerate(clients)}
+        return precision, couplings
 
     def extra_terms(self, client: str, segment: nn.Module, reference: Mapping[str, Tensor]) -> dict[str, Tensor]:
         lam = self.config.strategy.mocha_lambda
@@ -99,7 +95,7 @@ class Mocha(SegmentStrategy):
         keys = list(self.columns[clients[0]])
         flat = torch.stack([torch.cat([self.columns[c][k].flatten().double() for k in keys]) for c in clients])
         self.omega = task_relationship(flat @ flat.T)
-        self._refresh_couplings()
+        self.precision, self._couplings = self._couplings_of_columns()
         global_segment.load_state_dict(weighted_average([segments[c].state_dict() for c in clients],
                                                         [weights[c] for c in clients]))
 
@@ -109,7 +105,7 @@ class Mocha(SegmentStrategy):
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.omega = state["omega"].to(torch.float64)
         self.columns = {c: dict(state["columns"][c]) for c in self.context.clients}
-        self._refresh_couplings()
+        self.precision, self._couplings = self._couplings_of_columns()
 
 
 register(MethodSpec("mocha", "a personal SS per client, coupled by a learned task-relationship matrix: "
