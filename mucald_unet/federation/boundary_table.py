@@ -53,6 +53,10 @@ MESSAGES: tuple[Crossing, ...] = (
              "reply to weights/fetch", "trained weights (averaged)"),
     Crossing(Kind.REPORT, "join", UP, "none", "num_samples", "once, when the client joins",
              "no: the number of training cases"),
+    Crossing(Kind.REPORT, "roster", UP, "none", "", "once, after every client joined", "no"),
+    Crossing(Kind.REPORT, "roster", DOWN, "none", "largest_num_samples", "reply to report/roster (refused until "
+             "every client joined)", "no: the largest client's number of training cases, against which each "
+             "client scales its segmentation weight"),
     Crossing(Kind.REPORT, "round", UP, "none", "num_samples; with --aggregation causal also proxy_mse, val_loss",
              "round end", "only with --aggregation causal: proxy_mse (error of the proxy prediction) and "
              "val_loss (segmentation loss on validation labels), which causal-invariant fusion weighs by"),

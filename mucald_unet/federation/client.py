@@ -52,10 +52,10 @@ class ClientValidation:
 
 class SplitClient:
     def __init__(self, name: str, federation: FederationPlan, plan: ClientPlan, config: TrainingConfig,
-                 data: ClientData, transport: Transport, seg_weight: float = 1.0) -> None:
+                 data: ClientData, transport: Transport) -> None:
         self.name, self.plan, self.config, self.data = name, plan, config, data
         self.transport = transport
-        self.seg_weight = seg_weight
+        self.seg_weight = 1.0  # largest client's training cases / ours, from the roster (``fetch_roster``)
         self.device = torch.device(config.device)
         self.network = ClientNetwork(federation, plan, config).to(self.device)
         self.optimizer = self._build_optimizer()
@@ -99,6 +99,12 @@ class SplitClient:
         """Tell the server how many training cases this client has (for size-weighted terms)."""
         self.transport.request(Message(self.name, Kind.REPORT, "join", 0, 0,
                                        scalars={"num_samples": float(len(self.data.train))}))
+
+    def fetch_roster(self) -> None:
+        """Once every client has joined: weigh the segmentation loss by the largest client's training
+        cases over ours (MUCALD.md's size weighting), the largest as the server reports it."""
+        reply = self.transport.request(Message(self.name, Kind.REPORT, "roster", 0, 0))
+        self.seg_weight = reply.scalars["largest_num_samples"] / len(self.data.train)
 
     # ---- training ---------------------------------------------------------------------------
     def train_step(self, round_index: int, step: int, batch: RoundBatch | None = None) -> float:

@@ -83,6 +83,7 @@ class SplitServer:
         self.num_samples: dict[str, int] = {}
         self.last_weights: dict[str, float] = {}  # of the last aggregation; empty when nothing is averaged
         self.shared_global: dict[str, Tensor] = {}
+        self.rounds_aggregated = 0  # rounds whose averages are ready to fetch
         self._uploads: dict[str, dict[str, Tensor]] = {}
         self._reports: dict[str, ClientReport] = {}
         self._pending: dict[str, _Pending] = {}
@@ -114,6 +115,8 @@ class SplitServer:
         if key == (Kind.REPORT, "join"):
             self.num_samples[message.client] = int(message.scalars["num_samples"])
             return self._ack(message)
+        if key == (Kind.REPORT, "roster"):
+            return self._roster(message)
         if key == (Kind.FEATURES, "split1"):
             return self._forward(message)
         if key == (Kind.GRADIENT, "split2"):
@@ -124,7 +127,7 @@ class SplitServer:
         if key == (Kind.REPORT, "round"):
             return self._report(message)
         if key == (Kind.WEIGHTS, "fetch"):
-            return self._reply(message, Kind.WEIGHTS, "shared", dict(self.shared_global))
+            return self._fetch(message)
         raise TrainingError(f"the server does not understand {message.kind.value}/{message.name}")
 
     @staticmethod
@@ -133,6 +136,23 @@ class SplitServer:
 
     def _ack(self, message: Message) -> Message:
         return self._reply(message, Kind.ACK, message.name)
+
+    def _roster(self, message: Message) -> Message:
+        """What a client needs to know of the others, once all have joined: the largest training
+        set, against which each client scales its segmentation weight (no client sees another's size)."""
+        waiting = [c for c in self.clients if c not in self.num_samples]
+        if waiting:
+            raise TrainingError(f"the federation is not complete: waiting for {', '.join(waiting)} to join")
+        return Message(message.client, Kind.REPORT, "roster", message.round, message.step,
+                       scalars={"largest_num_samples": float(max(self.num_samples.values()))})
+
+    def _fetch(self, message: Message) -> Message:
+        """The round's averaged shared weights, refused until every client has reported that round."""
+        if message.round >= self.rounds_aggregated:
+            waiting = [c for c in self.clients if c not in self._reports]
+            raise TrainingError(f"round {message.round} is not aggregated yet: waiting for the round report of "
+                                f"{', '.join(waiting)}")
+        return self._reply(message, Kind.WEIGHTS, "shared", dict(self.shared_global))
 
     # ---- split training ---------------------------------------------------------------------
     def _forward(self, message: Message) -> Message:
@@ -209,6 +229,7 @@ class SplitServer:
                                                      float(s.get("val_loss", float("nan"))))
         if set(self._reports) >= set(self.clients):
             self._aggregate()
+            self.rounds_aggregated = message.round + 1
         return self._ack(message)
 
     def aggregation_weights(self) -> dict[str, float]:
@@ -250,6 +271,7 @@ class SplitServer:
             "num_samples": dict(self.num_samples),
             "shared_global": self.shared_global,
             "strategy": self.strategy.state_dict(),
+            "rounds_aggregated": self.rounds_aggregated,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -268,3 +290,5 @@ class SplitServer:
         self.num_samples = dict(state["num_samples"])
         self.shared_global = {k: v.to(self.device) for k, v in state["shared_global"].items()}
         self.strategy.load_state_dict(state.get("strategy", {}))
+        self.rounds_aggregated = int(state.get("rounds_aggregated", 0))  # before it was saved: the next
+        # aggregation sets it, and no fetch comes before that

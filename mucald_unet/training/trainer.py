@@ -1,9 +1,10 @@
-"""The federation's round loop: rounds x local epochs x iterations, validation, aggregation, checkpoints.
+"""The in-process federation: rounds x local epochs x iterations, validation, aggregation, checkpoints.
 
-Clients take their steps interleaved (step s of every client before step s + 1), as they would
-run in parallel, so the server's discriminators learn from all domains in every update. After a
-round: per-client validation, round reports and shared weights to the server, aggregation, the
-averaged weights back, a log record per client, the curves PNG, and the checkpoint.
+One ``ServerRunner`` and a ``ClientRunner`` per client (``training/runners.py``) over the in-memory
+transport. Clients take their steps interleaved (step s of every client before step s + 1), as they
+would run in parallel, so the server's discriminators learn from all domains in every update. After
+a round: round reports and shared weights to the server, aggregation, the averaged weights back,
+per-client validation, a log record per client, the curves PNG, and the checkpoint.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import torch
 
 from mucald_unet.config import TrainingConfig, compose_run_name
 from mucald_unet.errors import TrainingError
-from mucald_unet.federation.client import ClientData, SplitClient
+from mucald_unet.federation.client import SplitClient
 from mucald_unet.federation.server import SplitServer
 from mucald_unet.federation.transport import (CaptureRequest, CapturingTransport, InMemoryTransport,
                                               LoopbackTransport, append_manifest)
@@ -28,10 +29,8 @@ from mucald_unet.training.batch_stream import InterleavedRoundBatches
 from mucald_unet.training.checkpoint import (BEST, FINAL, Checkpoint, capture_rng_state, check_compatible,
                                              load_checkpoint, plans_digest, restore_rng_state, save_checkpoint)
 from mucald_unet.training.curves import plot_training_curves
-from mucald_unet.training.data import fold_split, list_case_ids, load_training_cases, scarce_subset
-from mucald_unet.training.proxy_targets import ProxyTargets
 from mucald_unet.training.run_log import RunLog
-from planners.pipeline import PROXIES_FILE, client_cases_folder, expected_cases
+from mucald_unet.training.runners import CaseSelection, ClientRunner, ServerRunner, load_client_data
 from planners.locate import dataset_number
 from planners.plans import Plans, load_plans
 from preprocessing.atomic import write_json_atomic
@@ -118,15 +117,10 @@ def run_is_finished(folder: Path) -> bool:
     return checkpoint.rounds_done >= int(checkpoint.config["rounds"])
 
 
-@dataclass(frozen=True)
-class CaseSelection:
-    """Explicit training and validation cases of a client instead of its fold split (shadow models)."""
-
-    train: tuple[str, ...]
-    validation: tuple[str, ...]
-
-
 class FederatedTrainer:
+    """The in-process simulation: one ``ServerRunner`` and a ``ClientRunner`` per client over the
+    in-memory transport, driven step by step, with the run folder's log, curves and checkpoints."""
+
     def __init__(self, plans_path: Path, client_names: list[str], config: TrainingConfig, run_folder: Path,
                  reporter: TrainingReporter | None = None,
                  case_selection: Mapping[str, CaseSelection] | None = None,
@@ -138,43 +132,37 @@ class FederatedTrainer:
         self.run_folder = Path(run_folder)
         self.reporter = reporter or SilentTrainingReporter()
         self.digest = plans_digest(self.plans)
-        self.case_selection = dict(case_selection or {})
+        selection = dict(case_selection or {})
         torch.manual_seed(config.seed)
         seed_augmentation(config.seed)
-        data = {name: self._client_data(name) for name in self.client_names}
-        self.server = SplitServer(self.plans.federation, self.client_names, config)
+        data = {name: load_client_data(self.plans_path, self.plans, name, config, selection.get(name))
+                for name in self.client_names}
+        self.server_runner = ServerRunner(self.plans, self.client_names, config)
         device = torch.device(config.device)
         split = config.method_spec.split
-        self.transport = (InMemoryTransport(self.server, device, device) if split
-                          else LoopbackTransport(self.server, device))
+        self.transport = (InMemoryTransport(self.server_runner, device, device) if split
+                          else LoopbackTransport(self.server_runner, device))
         self.capture = capture
         if capture is not None:
             if not split:
                 raise TrainingError(f"--method {config.method} has no client/server boundary to capture. "
                                     "Fix: capture a splitfed or mucald run.")
             self.transport = CapturingTransport(self.transport, capture)
-        largest = max(len(d.train) for d in data.values())
-        self.clients = [SplitClient(name, self.plans.federation, self.plans.client(name), config, data[name],
-                                    self.transport, seg_weight=largest / len(data[name].train))
-                        for name in self.client_names]
-        for client in self.clients:
-            client.join()
+        self.client_runners = [ClientRunner(name, self.plans, config, data[name], self.transport)
+                               for name in self.client_names]
+        for runner in self.client_runners:
+            runner.join()
+        for runner in self.client_runners:
+            runner.fetch_roster()
         self.log = RunLog(self.run_folder / LOG_FILE)
-        self._last_val_loss: dict[str, float] = {}  # previous round's, for causal-invariant fusion
 
-    def _client_data(self, name: str) -> ClientData:
-        plan = self.plans.client(name)
-        folder = client_cases_folder(self.plans_path, plan)
-        expected = expected_cases(self.plans_path, self.plans, name)  # stale or orphaned cases stop here
-        if name in self.case_selection:
-            train_ids, val_ids = self.case_selection[name].train, self.case_selection[name].validation
-        else:
-            train_ids, val_ids = fold_split(list_case_ids(folder, expected), self.config.fold, source=folder)
-            train_ids = scarce_subset(train_ids, self.config.max_train_cases)
-        proxies = ProxyTargets.load(folder.parent / PROXIES_FILE, plan.causal_graph,
-                                    self.plans.federation.causal.num_nodes)
-        return ClientData(load_training_cases(folder, train_ids, expected),
-                          load_training_cases(folder, val_ids, expected), proxies)
+    @property
+    def server(self) -> SplitServer:
+        return self.server_runner.server
+
+    @property
+    def clients(self) -> list[SplitClient]:
+        return [runner.client for runner in self.client_runners]
 
     # ---- the loop ---------------------------------------------------------------------------
     def run(self, resume: bool = False, overwrite: bool = False) -> TrainingSummary:
@@ -189,16 +177,17 @@ class FederatedTrainer:
         final_dice: dict[str, float] = {}
         for round_index in range(state.rounds_done, self.config.rounds):
             started = time.perf_counter()
-            sources = [(client.sampler, client.augment) for client in self.clients]
+            sources = [runner.batch_source for runner in self.client_runners]
             with InterleavedRoundBatches(sources, steps) as stream:  # cut and augmented while the network trains
                 for step, batches in enumerate(stream):
-                    for client, batch in zip(self.clients, batches):
-                        loss = client.train_step(round_index, step, batch)
-                        self.reporter.step(round_index, client.name, step, loss)
+                    for runner, batch in zip(self.client_runners, batches):
+                        loss = runner.step(round_index, step, batch)
+                        self.reporter.step(round_index, runner.name, step, loss)
             records = self._finish_round(round_index, time.perf_counter() - started)
             final_dice = {r["client"]: r["mean_val_dice"] for r in records}
             score = float(np.nanmean(list(final_dice.values())))
-            state.history.append({"round": round_index, "mean_val_dice": score, "val_loss": self._last_val_loss})
+            val_loss = {runner.name: runner.last_val_loss for runner in self.client_runners}
+            state.history.append({"round": round_index, "mean_val_dice": score, "val_loss": val_loss})
             state.rounds_done = round_index + 1
             improved = not np.isnan(score) and score > state.best_score
             if improved:
@@ -212,16 +201,11 @@ class FederatedTrainer:
 
     def _finish_round(self, round_index: int, train_seconds: float) -> list[dict]:
         factor = self.config.schedule.factor(self.config.progress(round_index, self.config.iterations_per_round))
-        terms = {}
-        for client in self.clients:  # report, then the server aggregates, then validate what was aggregated
-            terms[client.name] = client.pop_round_terms()
-            client.send_round_report(round_index, terms[client.name], self._last_val_loss.get(client.name))
-        for client in self.clients:
-            client.fetch_shared_weights(round_index)
-        results = {c.name: (terms[c.name], c.validate(round_index)) for c in self.clients}
-        self._last_val_loss = {name: validation.loss for name, (_, validation) in results.items()}
-        weights = self.server.last_weights
-        server_metrics = self.server.pop_round_metrics()
+        # every client reports before any fetches: the server averages once all reports are in
+        terms = {runner.name: runner.report_round(round_index) for runner in self.client_runners}
+        results = {runner.name: (terms[runner.name], runner.finish_round(round_index))
+                   for runner in self.client_runners}
+        weights, server_metrics = self.server_runner.end_round()
         manifest = self.transport.drain_manifest()
         if self.capture is not None and round_index == self.capture.round:
             self.transport.save(self.run_folder / capture_file(round_index))
@@ -283,17 +267,17 @@ class FederatedTrainer:
         if sorted(checkpoint.clients) != sorted(self.client_names):
             raise TrainingError(f"{path} holds clients {', '.join(sorted(checkpoint.clients))}; this run has "
                                 f"{', '.join(self.client_names)}. Fix: resume with the same -d list.")
-        self.server.load_state_dict(checkpoint.server)
-        for client in self.clients:
-            client.load_state_dict(checkpoint.clients[client.name])
+        self.server_runner.load_state_dict(checkpoint.server)
+        val_loss = checkpoint.history[-1]["val_loss"] if checkpoint.history else {}
+        for runner in self.client_runners:
+            runner.load_state_dict(checkpoint.clients[runner.name], val_loss.get(runner.name))
         restore_rng_state(checkpoint.rng)
-        self._last_val_loss = dict(checkpoint.history[-1]["val_loss"]) if checkpoint.history else {}
         for record_file in (LOG_FILE, MANIFEST_FILE):  # drop what a crashed round left behind
             RunLog(self.run_folder / record_file).truncate_after_round(checkpoint.rounds_done - 1)
         return checkpoint
 
     def _checkpoint(self, state: Checkpoint) -> Checkpoint:
         return Checkpoint(state.rounds_done, self.config.to_dict(), self.digest,
-                          {c.name: c.state_dict() for c in self.clients}, self.server.state_dict(),
+                          {r.name: r.state_dict() for r in self.client_runners}, self.server_runner.state_dict(),
                           capture_rng_state(), state.best_score, list(state.history))
 

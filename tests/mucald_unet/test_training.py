@@ -143,8 +143,10 @@ def test_nothing_but_features_gradients_weights_and_scalars_cross(tiny_federatio
             assert list(entry["shapes"]) == [entry["kind"]] and entry["shapes"][entry["kind"]][1] == split
         if entry["kind"] == "weights":
             assert all(k.split(".")[1] in ("exogenous", "denoiser") for k in entry["shapes"])
-        if entry["kind"] == "report":
-            assert set(entry["scalars"]) <= {"num_samples", "val_loss", "proxy_mse"}
+        if entry["kind"] == "report":  # up: counts (and causal fusion's errors); down: the roster's count
+            allowed = ({"num_samples", "val_loss", "proxy_mse"} if entry["direction"] == "client->server"
+                       else {"largest_num_samples"})
+            assert set(entry["scalars"]) <= allowed, entry
     tensors = [t for _, crossing in captured for t in crossing.values()]
     assert len(tensors) > 3 * len(CLIENTS)
     for tensor in tensors:
