@@ -126,14 +126,19 @@ class ClientRunner:
         self.last_val_loss = validation.loss
         return validation
 
-    def run_round(self, round_index: int, on_step=None) -> ClientRound:
-        """The round of a client alone in its process: its own batch stream, steps, report, averages."""
+    def train_round(self, round_index: int, on_step=None) -> dict[str, float]:
+        """The steps of a client alone in its process (its own batch stream), then its round report;
+        the round's mean loss terms. ``on_step(step, loss)`` sees every step."""
         with InterleavedRoundBatches([self.batch_source], self.config.iterations_per_round) as stream:
             for step, (batch,) in enumerate(stream):
                 loss = self.step(round_index, step, batch)
                 if on_step is not None:
                     on_step(step, loss)
-        terms = self.report_round(round_index)
+        return self.report_round(round_index)
+
+    def run_round(self, round_index: int, on_step=None) -> ClientRound:
+        """A whole round of a client alone in its federation: steps, report, averages, validation."""
+        terms = self.train_round(round_index, on_step)
         return ClientRound(terms, self.finish_round(round_index))
 
     def state_dict(self) -> dict:

@@ -1,0 +1,4 @@
+"""Running the federation's roles on NVIDIA FLARE: each client and the server in its own process.
+
+The roles are ``training/runners.py``'s; this package carries their messages over FLARE's Collab API.
+"""

@@ -1,0 +1,39 @@
+"""A client's ``Transport`` over FLARE's Collab API: each request is one call of the server's
+published ``handle`` with the wire codec's bytes, and each side keeps its own manifest.
+
+Only valid inside a Collab call (the client app's published methods), where ``collab.server`` is
+the server's proxy.
+"""
+
+from __future__ import annotations
+
+from nvflare.collab import collab
+
+from mucald_unet.errors import TrainingError
+from mucald_unet.federation.messages import Direction, ManifestEntry, Message
+from mucald_unet.federation.transport import raise_refusal
+from mucald_unet.federation.wire import decode, encode
+
+
+class CollabTransport:
+    """``request`` = ``collab.server.handle(encode(message))``, decoded; a refusal raises ``ServerRefusal``."""
+
+    def __init__(self, call_timeout: float) -> None:
+        self.call_timeout = call_timeout
+        self.manifest: list[ManifestEntry] = []
+
+    def request(self, message: Message) -> Message:
+        self.manifest.append(ManifestEntry.of(message, Direction.TO_SERVER))
+        try:
+            blob = collab.server(timeout=self.call_timeout).handle(encode(message))
+        except Exception as failure:  # FLARE raises its call errors and timeouts under several types
+            raise TrainingError(f"{message.client}: the server did not answer {message.kind.value}/{message.name} "
+                                f"(round {message.round}, step {message.step}) within {self.call_timeout:g} s: "
+                                f"{failure}. Fix: check that the server site is running and reachable.") from failure
+        reply = decode(blob)
+        self.manifest.append(ManifestEntry.of(reply, Direction.TO_CLIENT))
+        return raise_refusal(message, reply)
+
+    def drain_manifest(self) -> list[ManifestEntry]:
+        entries, self.manifest = self.manifest, []
+        return entries

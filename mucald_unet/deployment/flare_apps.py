@@ -1,0 +1,163 @@
+"""The two FLARE site apps: the server site's app and every client site's app.
+
+FLARE starts one process per site and calls into these objects: the server's ``run`` (the round
+loop, ``@collab.main``) calls the clients' published phases in parallel, and each client, inside its
+``train_round``, calls the server's published ``handle`` once per message. A client site is named
+by its dataset (``Dataset002_DemoLungCT``) and reads only its own cases. Each side writes its own
+records under ``results``: ``server/`` and ``<site>/`` (log, manifest of what it sent and received,
+state after the last finished round).
+
+Constructor arguments are plain values (paths as text, the training config as a dict): FLARE writes
+them into the job's configuration and builds the objects again in each site's process.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import torch
+from nvflare.collab import collab
+
+from mucald_unet.config import TrainingConfig
+from mucald_unet.deployment.collab_transport import CollabTransport
+from mucald_unet.errors import TrainingError
+from mucald_unet.federation.messages import Direction, Kind, ManifestEntry, Message
+from mucald_unet.federation.transport import append_manifest
+from mucald_unet.federation.wire import WireError, decode, encode
+from mucald_unet.training.checkpoint import save_plain
+from mucald_unet.training.run_log import RunLog
+from mucald_unet.training.runners import ClientRunner, ServerRunner, load_client_data
+from planners.plans import load_plans
+
+SERVER_FOLDER = "server"
+LOG_FILE = "log.jsonl"
+MANIFEST_FILE = "manifest.jsonl"
+STATE_FILE = "state.pt"
+
+
+def _completed(results, phase: str) -> dict:
+    """{site: result} of a group call, or a TrainingError naming every site that failed and why."""
+    failures = dict(getattr(results, "failures", {}) or {})
+    if failures:
+        reasons = "; ".join(f"{site}: {error}" for site, error in sorted(failures.items()))
+        raise TrainingError(f"{phase} failed at {len(failures)} site(s): {reasons}")
+    return dict(results)
+
+
+class FlareServerApp:
+    """The server site: ``handle`` answers every client's messages one at a time (the server's state is
+    shared between clients), ``run`` drives join, roster and rounds."""
+
+    def __init__(self, plans_path: str, clients: list[str], config: dict, results: str,
+                 call_timeout: float = 600.0, threads: int = 1) -> None:
+        self.plans_path, self.clients, self.config, self.results = plans_path, list(clients), dict(config), results
+        self.call_timeout, self.threads = call_timeout, threads
+        self.folder = Path(results) / SERVER_FOLDER
+        self._runner: ServerRunner | None = None
+        self._lock = threading.Lock()
+        self._manifest: list[ManifestEntry] = []
+
+    @collab.init
+    def start(self) -> None:
+        torch.set_num_threads(self.threads)
+        config = TrainingConfig.from_dict(self.config)
+        torch.manual_seed(config.seed)
+        self._runner = ServerRunner(load_plans(Path(self.plans_path)), self.clients, config)
+        self.folder.mkdir(parents=True, exist_ok=True)
+
+    @collab.publish
+    def handle(self, blob: bytes) -> bytes:
+        """One client message in, the reply out, both as wire bytes; unreadable bytes get an ERROR reply."""
+        try:
+            message = decode(blob)
+        except WireError as refusal:
+            return encode(Message(collab.caller, Kind.ERROR, "wire", -1, -1, detail=str(refusal)))
+        if message.client != collab.caller:  # a site speaks only for itself
+            return encode(Message(message.client, Kind.ERROR, message.name, message.round, message.step,
+                                  detail=f"site {collab.caller!r} sent a message as {message.client!r}"))
+        with self._lock:
+            self._manifest.append(ManifestEntry.of(message, Direction.TO_SERVER))
+            reply = self._runner.handle(message)
+            self._manifest.append(ManifestEntry.of(reply, Direction.TO_CLIENT))
+        return encode(reply)
+
+    @collab.main
+    def run(self) -> list[dict]:
+        rounds = int(self.config["rounds"])
+        _completed(collab.clients(timeout=self.call_timeout).join(), "join")
+        _completed(collab.clients(timeout=self.call_timeout).fetch_roster(), "roster")
+        history = []
+        for round_index in range(rounds):
+            started = time.perf_counter()
+            trained = _completed(collab.clients(timeout=self.call_timeout).train_round(round_index), "training")
+            finished = _completed(collab.clients(timeout=self.call_timeout).finish_round(round_index), "validation")
+            with self._lock:
+                weights, metrics = self._runner.end_round()
+                manifest, self._manifest = self._manifest, []
+                state = self._runner.state_dict()
+            record = {"event": "round", "round": round_index, "aggregation_weights": weights,
+                      "server_metrics": metrics, "clients": {site: {**trained[site], **finished[site]}
+                                                             for site in sorted(finished)},
+                      "round_seconds": time.perf_counter() - started}
+            append_manifest(self.folder / MANIFEST_FILE, manifest)
+            RunLog(self.folder / LOG_FILE).append(record)
+            save_plain(self.folder / STATE_FILE, {"rounds_done": round_index + 1, "server": state})
+            history.append(record)
+        return history
+
+
+class FlareClientApp:
+    """A client site: builds its ``ClientRunner`` from its own cases and answers the server's phases."""
+
+    def __init__(self, plans_path: str, config: dict, results: str, call_timeout: float = 600.0,
+                 threads: int = 1) -> None:
+        self.plans_path, self.config, self.results = plans_path, dict(config), results
+        self.call_timeout, self.threads = call_timeout, threads
+        self.folder = Path(results)  # <results>/<site> once the site knows its name (``start``)
+        self._runner: ClientRunner | None = None
+        self._transport: CollabTransport | None = None
+        self._terms: dict[str, float] = {}
+
+    @collab.init
+    def start(self) -> None:
+        torch.set_num_threads(self.threads)
+        config = TrainingConfig.from_dict(self.config)
+        torch.manual_seed(config.seed)
+        plans_path = Path(self.plans_path)
+        plans = load_plans(plans_path)
+        name = plans.client(collab.site_name).dataset_name  # a site is named by its dataset
+        self._transport = CollabTransport(self.call_timeout)
+        self._runner = ClientRunner(name, plans, config, load_client_data(plans_path, plans, name, config),
+                                    self._transport)
+        self.folder = Path(self.results) / name
+        self.folder.mkdir(parents=True, exist_ok=True)
+
+    @collab.publish
+    def join(self) -> None:
+        self._runner.join()
+
+    @collab.publish
+    def fetch_roster(self) -> float:
+        self._runner.fetch_roster()
+        return self._runner.client.seg_weight
+
+    @collab.publish
+    def train_round(self, round_index: int) -> dict:
+        started = time.perf_counter()
+        self._terms = self._runner.train_round(round_index)
+        return {"train_seconds": time.perf_counter() - started}
+
+    @collab.publish
+    def finish_round(self, round_index: int) -> dict:
+        validation = self._runner.finish_round(round_index)
+        manifest = self._transport.drain_manifest()
+        record = {"event": "round", "round": round_index, "client": self._runner.name, "val_dice": validation.dice,
+                  "mean_val_dice": validation.mean_dice, "val_loss": validation.loss, "losses": self._terms,
+                  "train_bytes_crossed": sum(e.num_bytes for e in manifest if e.step >= 0)}
+        append_manifest(self.folder / MANIFEST_FILE, manifest)
+        RunLog(self.folder / LOG_FILE).append(record)
+        save_plain(self.folder / STATE_FILE, {"rounds_done": round_index + 1, "client": self._runner.state_dict(),
+                                              "last_val_loss": self._runner.last_val_loss})
+        return {"mean_val_dice": validation.mean_dice, "val_dice": validation.dice}
