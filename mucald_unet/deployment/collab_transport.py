@@ -18,22 +18,28 @@ from mucald_unet.federation.wire import decode, encode
 class CollabTransport:
     """``request`` = ``collab.server.handle(encode(message))``, decoded; a refusal raises ``ServerRefusal``."""
 
-    def __init__(self, call_timeout: float) -> None:
+    def __init__(self, call_timeout: float, narrow: bool = False) -> None:
         self.call_timeout = call_timeout
+        self.narrow = narrow  # float32 tensors as float16 on the wire
         self.manifest: list[ManifestEntry] = []
+        self.wire_bytes = 0  # both directions, as carried (after narrowing)
 
     def request(self, message: Message) -> Message:
         self.manifest.append(ManifestEntry.of(message, Direction.TO_SERVER))
         try:
-            blob = collab.server(timeout=self.call_timeout).handle(encode(message))
+            request = encode(message, self.narrow)
+            blob = collab.server(timeout=self.call_timeout).handle(request)
         except Exception as failure:  # FLARE raises its call errors and timeouts under several types
             raise TrainingError(f"{message.client}: the server did not answer {message.kind.value}/{message.name} "
                                 f"(round {message.round}, step {message.step}) within {self.call_timeout:g} s: "
                                 f"{failure}. Fix: check that the server site is running and reachable.") from failure
+        self.wire_bytes += len(request) + len(blob)
         reply = decode(blob)
         self.manifest.append(ManifestEntry.of(reply, Direction.TO_CLIENT))
         return raise_refusal(message, reply)
 
-    def drain_manifest(self) -> list[ManifestEntry]:
+    def drain_manifest(self) -> tuple[list[ManifestEntry], int]:
+        """The entries and wire bytes since the last drain."""
         entries, self.manifest = self.manifest, []
-        return entries
+        carried, self.wire_bytes = self.wire_bytes, 0
+        return entries, carried

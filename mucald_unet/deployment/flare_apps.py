@@ -51,9 +51,9 @@ class FlareServerApp:
     shared between clients), ``run`` drives join, roster and rounds."""
 
     def __init__(self, plans_path: str, clients: list[str], config: dict, results: str,
-                 call_timeout: float = 600.0, threads: int = 1) -> None:
+                 call_timeout: float = 600.0, threads: int = 1, narrow_wire: bool = False) -> None:
         self.plans_path, self.clients, self.config, self.results = plans_path, list(clients), dict(config), results
-        self.call_timeout, self.threads = call_timeout, threads
+        self.call_timeout, self.threads, self.narrow_wire = call_timeout, threads, narrow_wire
         self.folder = Path(results) / SERVER_FOLDER
         self._runner: ServerRunner | None = None
         self._lock = threading.Lock()
@@ -81,7 +81,7 @@ class FlareServerApp:
             self._manifest.append(ManifestEntry.of(message, Direction.TO_SERVER))
             reply = self._runner.handle(message)
             self._manifest.append(ManifestEntry.of(reply, Direction.TO_CLIENT))
-        return encode(reply)
+        return encode(reply, self.narrow_wire)
 
     @collab.main
     def run(self) -> list[dict]:
@@ -112,13 +112,14 @@ class FlareClientApp:
     """A client site: builds its ``ClientRunner`` from its own cases and answers the server's phases."""
 
     def __init__(self, plans_path: str, config: dict, results: str, call_timeout: float = 600.0,
-                 threads: int = 1) -> None:
+                 threads: int = 1, narrow_wire: bool = False) -> None:
         self.plans_path, self.config, self.results = plans_path, dict(config), results
-        self.call_timeout, self.threads = call_timeout, threads
+        self.call_timeout, self.threads, self.narrow_wire = call_timeout, threads, narrow_wire
         self.folder = Path(results)  # <results>/<site> once the site knows its name (``start``)
         self._runner: ClientRunner | None = None
         self._transport: CollabTransport | None = None
         self._terms: dict[str, float] = {}
+        self._train_seconds = 0.0
 
     @collab.init
     def start(self) -> None:
@@ -128,7 +129,7 @@ class FlareClientApp:
         plans_path = Path(self.plans_path)
         plans = load_plans(plans_path)
         name = plans.client(collab.site_name).dataset_name  # a site is named by its dataset
-        self._transport = CollabTransport(self.call_timeout)
+        self._transport = CollabTransport(self.call_timeout, self.narrow_wire)
         self._runner = ClientRunner(name, plans, config, load_client_data(plans_path, plans, name, config),
                                     self._transport)
         self.folder = Path(self.results) / name
@@ -147,15 +148,17 @@ class FlareClientApp:
     def train_round(self, round_index: int) -> dict:
         started = time.perf_counter()
         self._terms = self._runner.train_round(round_index)
-        return {"train_seconds": time.perf_counter() - started}
+        self._train_seconds = time.perf_counter() - started
+        return {"train_seconds": self._train_seconds}
 
     @collab.publish
     def finish_round(self, round_index: int) -> dict:
         validation = self._runner.finish_round(round_index)
-        manifest = self._transport.drain_manifest()
+        manifest, wire_bytes = self._transport.drain_manifest()
         record = {"event": "round", "round": round_index, "client": self._runner.name, "val_dice": validation.dice,
                   "mean_val_dice": validation.mean_dice, "val_loss": validation.loss, "losses": self._terms,
-                  "train_bytes_crossed": sum(e.num_bytes for e in manifest if e.step >= 0)}
+                  "train_bytes_crossed": sum(e.num_bytes for e in manifest if e.step >= 0),
+                  "wire_bytes": wire_bytes, "train_seconds": self._train_seconds}
         append_manifest(self.folder / MANIFEST_FILE, manifest)
         RunLog(self.folder / LOG_FILE).append(record)
         save_plain(self.folder / STATE_FILE, {"rounds_done": round_index + 1, "client": self._runner.state_dict(),

@@ -32,13 +32,15 @@ class FlareJob:
     results: Path
     call_timeout: float = 600.0  # seconds a site waits for one call (a step's message, a round phase)
     threads: int = 1  # torch threads per site process
+    narrow_wire: bool = False  # float32 tensors cross as float16 (--wire-dtype float16)
 
 
 def flare_recipe(job: FlareJob) -> CollabRecipe:
     config = job.config.to_dict()
     server = FlareServerApp(str(job.plans_path), list(job.clients), config, str(job.results),
-                            job.call_timeout, job.threads)
-    client = FlareClientApp(str(job.plans_path), config, str(job.results), job.call_timeout, job.threads)
+                            job.call_timeout, job.threads, job.narrow_wire)
+    client = FlareClientApp(str(job.plans_path), config, str(job.results), job.call_timeout, job.threads,
+                            job.narrow_wire)
     recipe = CollabRecipe(job_name=JOB_NAME, server=server, client=client, min_clients=len(job.clients),
                           sync_task_timeout=job.call_timeout)
     recipe._job.set_app_packages(INSTALLED_PACKAGES)  # CollabRecipe exposes its FedJob only as ``_job``

@@ -5,13 +5,14 @@ server's output, sends a gradient and receives one back, uploads weights and fet
 average. ``Transport.request`` is that one operation; a network transport implements it over a
 socket without touching the training code. The in-memory transport used for simulation hands
 over detached copies (nothing shares memory or an autograd graph across the boundary), or with
-``wire=True`` what the wire codec decodes, and records every message in a manifest. A server
+``wire=True`` what the wire codec decodes (``narrow=True``: float32 as float16), and records every message in a manifest. A server
 refusal crosses as an ERROR reply (``answer``) and is raised at the client as ``ServerRefusal``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Protocol
 
@@ -61,12 +62,13 @@ class InMemoryTransport:
     """Client and server in one process; every message is copied and recorded."""
 
     def __init__(self, server: ServerEndpoint, server_device="cpu", client_device="cpu",
-                 record: bool = True, wire: bool = False) -> None:
+                 record: bool = True, wire: bool = False, narrow: bool = False) -> None:
         self.server = server
         self.server_device = server_device
         self.client_device = client_device
         self.record = record
-        self.handover = round_trip if wire else _handover  # wire: through the bytes a network would carry
+        # wire: through the bytes a network would carry; narrow: float32 crossing as float16
+        self.handover = partial(round_trip, narrow=narrow) if wire else _handover
         self.manifest: list[ManifestEntry] = []
 
     def request(self, message: Message) -> Message:

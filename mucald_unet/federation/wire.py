@@ -5,6 +5,9 @@ side can never run code here): its tensors are the message's tensors, its string
 envelope (wire version, client, kind, name, round, step, scalars as JSON, detail). Decoding
 checks the version before anything else, so a client and a server of different releases stop
 with a message that says so instead of misreading each other's fields.
+
+``encode(..., narrow=True)`` sends float32 tensors as float16 (half the bytes) and names them in
+the envelope, so the receiver widens them back to float32: the training code never sees float16.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from safetensors.torch import save as save_tensors
 from mucald_unet.errors import TrainingError
 from mucald_unet.federation.messages import Kind, Message
 
-WIRE_VERSION = 1
+WIRE_VERSION = 2  # 2: float32 tensors may travel as float16 ("narrowed")
 _FORMAT = "mucald-message"
 
 
@@ -27,11 +30,15 @@ class WireError(TrainingError):
     """Bytes that are not a mucald message of this wire version."""
 
 
-def encode(message: Message) -> bytes:
+def encode(message: Message, narrow: bool = False) -> bytes:
+    """The message as one blob; with ``narrow``, its float32 tensors as float16."""
+    tensors = {k: t.detach().cpu().contiguous() for k, t in message.tensors.items()}
+    narrowed = sorted(k for k, t in tensors.items() if narrow and t.dtype == torch.float32)
+    tensors.update({k: tensors[k].half() for k in narrowed})
     envelope = {"format": _FORMAT, "version": str(WIRE_VERSION), "client": message.client,
                 "kind": message.kind.value, "name": message.name, "round": str(message.round),
-                "step": str(message.step), "scalars": json.dumps(message.scalars), "detail": message.detail}
-    tensors = {k: t.detach().cpu().contiguous() for k, t in message.tensors.items()}
+                "step": str(message.step), "scalars": json.dumps(message.scalars), "detail": message.detail,
+                "narrowed": json.dumps(narrowed)}
     return save_tensors(tensors, metadata=envelope)
 
 
@@ -46,6 +53,7 @@ def decode(blob: bytes) -> Message:
                         "Fix: install the same mucald version at the server and every client.")
     try:
         tensors = load_tensors(blob)
+        tensors.update({k: tensors[k].float() for k in json.loads(envelope["narrowed"])})
         return Message(envelope["client"], Kind(envelope["kind"]), envelope["name"], int(envelope["round"]),
                        int(envelope["step"]), tensors, {k: float(v) for k, v in json.loads(envelope["scalars"]).items()},
                        envelope["detail"])
@@ -69,8 +77,8 @@ def _envelope(blob: bytes) -> dict[str, str]:
     return metadata if isinstance(metadata, dict) else {}
 
 
-def round_trip(message: Message, device: torch.device | str) -> Message:
+def round_trip(message: Message, device: torch.device | str, narrow: bool = False) -> Message:
     """``message`` as the other side decodes it, on ``device``: what a network transport hands over."""
-    decoded = decode(encode(message))
+    decoded = decode(encode(message, narrow))
     return Message(decoded.client, decoded.kind, decoded.name, decoded.round, decoded.step,
                    {k: t.to(device) for k, t in decoded.tensors.items()}, decoded.scalars, decoded.detail)

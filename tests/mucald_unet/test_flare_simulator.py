@@ -1,5 +1,6 @@
 """Training through NVIDIA FLARE: the server and each client as FLARE sites in FLARE's simulator
-(separate processes, every message through the Collab API as wire bytes), each side with its own
+(separate processes, every message through the Collab API as wire bytes, float32 narrowed to
+float16), each side with its own
 records, and both sides' manifests agreeing that only features, gradients, weights and counts crossed."""
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ def test_a_mucald_round_trains_through_flare_sites(tiny_federation: Path, tmp_pa
     (tmp_path / "home").mkdir()
     results = tmp_path / "results"
     job = FlareJob(tiny_federation, tuple(CLIENTS), quick_config(method="mucald", rounds=2, iterations=2), results,
-                   call_timeout=120.0)
+                   call_timeout=120.0, narrow_wire=True)
     run_in_simulator(job, tmp_path / "flare")
 
     (first, second) = read_lines(results / SERVER_FOLDER / LOG_FILE)
@@ -47,4 +48,6 @@ def test_a_mucald_round_trains_through_flare_sites(tiny_federation: Path, tmp_pa
         assert {e["kind"] for e in sent} == {"features", "gradient", "weights", "report", "ack"}
         steps = {(e["round"], e["step"]) for e in sent if e["kind"] == "gradient"}
         assert steps == {(r, s) for r in range(2) for s in range(2)}
+        as_float32 = sum(e["bytes"] for e in sent if e["round"] == 1)
+        assert 0.45 < last["wire_bytes"] / as_float32 < 0.6  # float16 on the wire: about half
     assert not (tmp_path / "home" / ".nvflare").exists()  # FLARE's default, redirected to the workspace

@@ -36,6 +36,19 @@ def test_a_message_round_trips_exactly_through_bytes() -> None:
     assert refusal.kind is Kind.ERROR and refusal.detail == "no forward pass" and refusal.tensors == {}
 
 
+def test_narrowed_float32_tensors_cross_as_half_the_bytes_and_arrive_as_float32() -> None:
+    features = torch.randn(2, 8, 6, 6, generator=torch.Generator().manual_seed(1))
+    sent = Message("c", Kind.FEATURES, "split1", 0, 2, {"features": features, "index": torch.arange(5)})
+    full, narrow = encode(sent), encode(sent, narrow=True)
+    # 4 -> 2 bytes per float32 value, the int64 tensor as it was; the JSON headers differ by a few bytes
+    assert abs(len(full) - len(narrow) - 2 * features.numel()) < 32
+    received = decode(narrow)
+    assert received.tensors["features"].dtype == torch.float32
+    assert torch.equal(received.tensors["features"], features.half().float())  # float16's rounding, nothing more
+    assert torch.equal(received.tensors["index"], torch.arange(5))
+    assert torch.equal(decode(full).tensors["features"], features)
+
+
 def test_bytes_of_another_kind_or_version_are_refused_by_name() -> None:
     with pytest.raises(WireError, match="not a mucald message"):
         decode(b"GET / HTTP/1.1\r\n\r\n")
@@ -71,7 +84,7 @@ def test_training_through_the_wire_codec_equals_training_without_it(tiny_federat
                         lambda self, *a, **k: original(self, *a, **{**k, "wire": True}))
     wired = FederatedTrainer(tiny_federation, CLIENTS, config, tmp_path / "wire")
     wired.run()
-    assert wired.transport.handover is round_trip  # every message of the round went through the bytes
+    assert wired.transport.handover.func is round_trip  # every message of the round went through the bytes
     memory, wire = (load_checkpoint(tmp_path / run / FINAL) for run in ("memory", "wire"))
     for client in CLIENTS:
         for part, state in memory.clients[client]["modules"].items():
