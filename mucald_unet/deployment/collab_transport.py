@@ -22,7 +22,7 @@ class CollabTransport:
         self.call_timeout = call_timeout
         self.narrow = narrow  # float32 tensors as float16 on the wire
         self.manifest: list[ManifestEntry] = []
-        self.wire_bytes = 0  # both directions, as carried (after narrowing)
+        self.wire_bytes = {"train": 0, "other": 0}  # both directions, as carried; training steps apart
 
     def request(self, message: Message) -> Message:
         self.manifest.append(ManifestEntry.of(message, Direction.TO_SERVER))
@@ -33,13 +33,13 @@ class CollabTransport:
             raise TrainingError(f"{message.client}: the server did not answer {message.kind.value}/{message.name} "
                                 f"(round {message.round}, step {message.step}) within {self.call_timeout:g} s: "
                                 f"{failure}. Fix: check that the server site is running and reachable.") from failure
-        self.wire_bytes += len(request) + len(blob)
+        self.wire_bytes["train" if message.step >= 0 else "other"] += len(request) + len(blob)
         reply = decode(blob)
         self.manifest.append(ManifestEntry.of(reply, Direction.TO_CLIENT))
         return raise_refusal(message, reply)
 
-    def drain_manifest(self) -> tuple[list[ManifestEntry], int]:
-        """The entries and wire bytes since the last drain."""
+    def drain_manifest(self) -> tuple[list[ManifestEntry], dict[str, int]]:
+        """The entries and wire bytes (training steps, everything else) since the last drain."""
         entries, self.manifest = self.manifest, []
-        carried, self.wire_bytes = self.wire_bytes, 0
+        carried, self.wire_bytes = self.wire_bytes, {"train": 0, "other": 0}
         return entries, carried

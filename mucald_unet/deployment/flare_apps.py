@@ -158,7 +158,8 @@ class FlareClientApp:
         record = {"event": "round", "round": round_index, "client": self._runner.name, "val_dice": validation.dice,
                   "mean_val_dice": validation.mean_dice, "val_loss": validation.loss, "losses": self._terms,
                   "train_bytes_crossed": sum(e.num_bytes for e in manifest if e.step >= 0),
-                  "wire_bytes": wire_bytes, "train_seconds": self._train_seconds}
+                  "train_wire_bytes": wire_bytes["train"], "wire_bytes": sum(wire_bytes.values()),
+                  "train_seconds": self._train_seconds}
         append_manifest(self.folder / MANIFEST_FILE, manifest)
         RunLog(self.folder / LOG_FILE).append(record)
         save_plain(self.folder / STATE_FILE, {"rounds_done": round_index + 1, "client": self._runner.state_dict(),

@@ -1,20 +1,28 @@
-"""A federation's training as a FLARE job: the recipe, and running it in FLARE's simulator.
+"""A federation's training as a FLARE job: the recipe, and running it on this machine.
 
-The simulator starts the server and every client site as FLARE sites on this machine, with the
-same apps and message path a provisioned deployment uses; everything it writes stays under the
-given workspace.
+``run_in_simulator``: FLARE's simulator starts the server and every client site as FLARE sites, with
+the same apps and message path a deployment uses. ``run_on_loopback``: FLARE's POC mode provisions a
+project (a startup kit with mutual-TLS certificates per site), starts the server and each client as
+its own FLARE process on localhost, submits the job as the project admin and waits for it. Both
+keep everything FLARE writes under the given workspace.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil  # FLARE's own dependency
 from nvflare.collab import CollabRecipe
-from nvflare.recipe import SimEnv
+from nvflare.recipe import PocEnv, SimEnv
 
 from mucald_unet.config import TrainingConfig
 from mucald_unet.deployment.flare_apps import FlareClientApp, FlareServerApp
+from mucald_unet.errors import TrainingError
 
 JOB_NAME = "mucald"
 # installed at every site (the same version); FLARE must not copy their files into the job, where a
@@ -52,3 +60,63 @@ def run_in_simulator(job: FlareJob, workspace: Path) -> Path:
     recipe = flare_recipe(job)
     recipe.run(SimEnv(clients=list(job.clients), workspace_root=str(workspace)))
     return Path(workspace) / JOB_NAME
+
+
+@contextlib.contextmanager
+def flare_home(workspace: Path) -> Iterator[Path]:
+    """FLARE's POC mode keeps its settings in ~/.nvflare and its sites under NVFLARE_POC_WORKSPACE
+    (default /tmp/nvflare); both point into ``workspace`` while the block runs (the POC processes it
+    starts inherit them), and are restored afterwards."""
+    workspace = Path(workspace).resolve()
+    redirected = {"HOME": str(workspace / "home"), "NVFLARE_POC_WORKSPACE": str(workspace / "poc")}
+    Path(redirected["HOME"]).mkdir(parents=True, exist_ok=True)
+    saved = {key: os.environ.get(key) for key in redirected}
+    os.environ.update(redirected)
+    try:
+        yield workspace
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def run_on_loopback(job: FlareJob, workspace: Path, timeout: float = 3600.0) -> str:
+    """Train the job with the server and every client as separate FLARE processes over mutual TLS on
+    localhost (FLARE's POC mode, default ports 8002/8003); returns FLARE's final job status."""
+    with flare_home(workspace):
+        env = PocEnv(num_clients=len(job.clients), clients=list(job.clients))
+        try:
+            run = flare_recipe(job).run(env)
+            run.get_result(timeout=timeout, clean_up=False)  # keep the sites' logs in the workspace
+            status = str(run.get_status())
+        finally:
+            env.stop(clean_up=False)
+            stop_processes_under(Path(workspace).resolve())
+    if "COMPLETED" not in status:
+        raise TrainingError(f"the FLARE job ended {status}. Fix: read the site logs under {workspace / 'poc'}.")
+    return status
+
+
+def stop_processes_under(workspace: Path, grace: float = 30.0) -> list[int]:
+    """Wait up to ``grace`` seconds for every process started from ``workspace`` (the POC sites and
+    their shell wrappers) to exit after FLARE's stop, then terminate the rest by pid; their pids."""
+    def started_here() -> list[psutil.Process]:
+        found = []
+        for process in psutil.process_iter(["pid", "cmdline"]):
+            if any(str(workspace) in part for part in (process.info["cmdline"] or [])):
+                found.append(process)
+        return found
+
+    deadline = time.monotonic() + grace
+    while (left := started_here()) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    for process in left:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.terminate()
+    _, alive = psutil.wait_procs(left, timeout=5)
+    for process in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.kill()
+    return [process.pid for process in left]

@@ -124,7 +124,9 @@ class FederatedTrainer:
     def __init__(self, plans_path: Path, client_names: list[str], config: TrainingConfig, run_folder: Path,
                  reporter: TrainingReporter | None = None,
                  case_selection: Mapping[str, CaseSelection] | None = None,
-                 capture: CaptureRequest | None = None) -> None:
+                 capture: CaptureRequest | None = None, narrow_wire: bool = False) -> None:
+        """``narrow_wire``: every message through the wire codec with float32 as float16, as a
+        deployment with ``--wire-dtype float16`` sends them (to measure what that costs in Dice)."""
         self.plans_path = Path(plans_path)
         self.plans: Plans = load_plans(self.plans_path)
         self.client_names = [self.plans.client(name).dataset_name for name in client_names]
@@ -140,8 +142,8 @@ class FederatedTrainer:
         self.server_runner = ServerRunner(self.plans, self.client_names, config)
         device = torch.device(config.device)
         split = config.method_spec.split
-        self.transport = (InMemoryTransport(self.server_runner, device, device) if split
-                          else LoopbackTransport(self.server_runner, device))
+        self.transport = (InMemoryTransport(self.server_runner, device, device, wire=narrow_wire, narrow=narrow_wire)
+                          if split else LoopbackTransport(self.server_runner, device))
         self.capture = capture
         if capture is not None:
             if not split:
