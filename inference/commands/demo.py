@@ -30,6 +30,7 @@ from preprocessing.errors import MucaldError
 app = typer.Typer(add_completion=False, help="Run the whole pipeline on the built-in demo federation.")
 
 DEMO_DATASETS = ("1", "2", "3")
+DEPLOY_ENGINE = train.Engine.flare_loopback.value  # mucald_train's engine for --deploy; labels its run name
 
 
 @app.command()
@@ -41,6 +42,9 @@ def demo(
     method: Annotated[str, typer.Option("--method", metavar="|".join(method_names()),
                                         help="mucald or a baseline.")] = Method.MUCALD,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the demo data and the training.")] = 0,
+    deploy: Annotated[bool, typer.Option(
+        "--deploy", help="Train as a deployment: FLARE provisions a startup kit per site (mutual TLS), the server "
+        "and each client run as their own processes on this machine (mucald_train --engine flare-loopback).")] = False,
 ) -> None:
     """make demo -> verify -> plan and preprocess -> train -> predict imagesTs -> evaluate -> table."""
     method = Method(method)  # an unknown name is refused here, with the valid ones, before any stage runs
@@ -54,8 +58,10 @@ def demo(
           ["--raw", str(raw), "--preprocessed", str(pre), "-d", *datasets])
     stage("mucald_train", train.main, ["--preprocessed", str(pre), "--results", str(res), "-d", *datasets,
                                        "--rounds", str(rounds), "--iters", str(iters), "--method", method.value,
-                                       "--seed", str(seed), "--overwrite"])
+                                       "--seed", str(seed), "--overwrite",
+                                       *(["--engine", DEPLOY_ENGINE] if deploy else [])])
     run_name = TrainingConfig(method=method, rounds=rounds, iterations_per_epoch=iters, seed=seed).run_name
+    run_name += f"__{DEPLOY_ENGINE}" if deploy else ""
     summaries = {}
     for dataset in datasets:
         folder = find_dataset_folder(raw, dataset)
@@ -67,7 +73,9 @@ def demo(
                                                  "-d", dataset, "--raw", str(raw)])
         summaries[folder.name] = json.loads((predicted / "evaluation" / "summary.json").read_text())
     wide = Console(highlight=False, width=max(console.width, 110))  # a log file is 80 wide by default
-    wide.print(dice_table(summaries, f"{method.value}: test-set Dice per client ({rounds} rounds x {iters} iterations)"))
+    how = ", deployed over FLARE" if deploy else ""
+    wide.print(dice_table(summaries, f"{method.value}: test-set Dice per client ({rounds} rounds x {iters} "
+                                     f"iterations{how})"))
 
 
 class _Stage:

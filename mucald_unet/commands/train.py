@@ -14,6 +14,7 @@ from rich.table import Table
 
 from mucald_unet.config import (CrdmConfig, DefenceConfig, LrSchedule, Method, OptimizerConfig, OptimizerKind,
                                 StrategyOptions, TrainingConfig, parse_ablations)
+from mucald_unet.deployment import LOOPBACK_ENGINE
 from mucald_unet.errors import TrainingError
 from mucald_unet.federation.strategies import method_names
 from mucald_unet.federation.transport import CaptureRequest
@@ -25,6 +26,16 @@ from preprocessing.cli_support import DATASET_FLAGS, entry_points
 from preprocessing.paths import preprocessed_root, results_root
 
 app = typer.Typer(add_completion=False, help="Train a planned federation split-federated.")
+
+
+class Engine(str, Enum):
+    in_process = "in-process"  # every client and the server in this process (the simulation)
+    flare_loopback = LOOPBACK_ENGINE  # each site a FLARE process over mutual TLS on this machine
+
+
+class WireDtype(str, Enum):
+    float32 = "float32"
+    float16 = "float16"
 
 
 class Aggregation(str, Enum):
@@ -118,6 +129,13 @@ def train(
     capture_clients: Annotated[Optional[str], typer.Option(
         "--capture-clients", help="Comma-separated dataset ids of the clients to capture (default: all).")] = None,
     device: Annotated[Device, typer.Option("--device", help="auto uses CUDA when available.")] = Device.auto,
+    engine: Annotated[Engine, typer.Option(
+        "--engine", help="in-process (the simulation), or flare-loopback: the server and every client as separate "
+        "NVIDIA FLARE processes over mutual TLS on this machine (needs the deploy extra; run name gets "
+        "__flare-loopback).")] = Engine.in_process,
+    wire_dtype: Annotated[WireDtype, typer.Option(
+        "--wire-dtype", help="With --engine flare-loopback: float16 sends float32 tensors as float16 (half the "
+        "bytes; run name gets __wire-float16).")] = WireDtype.float32,
     federation: Annotated[Optional[list[str]], typer.Option(
         "--federation", help="Train the -d clients under this federation's plan (its dataset ids, e.g. "
         "--federation 1 2 3); default: the plan of exactly the -d datasets. The run folder then names the "
@@ -147,20 +165,52 @@ def train(
     names = client_names(plans_path, datasets)
     run_folder = run_folder_for(results_root(results), plans_path, config, names)
     console = Console(highlight=False)
+    if engine is Engine.flare_loopback or wire_dtype is WireDtype.float16:
+        _check_deployable(engine, resume, capture_round)
+        _print_summary(console, _train_deployed(plans_path, names, config, run_folder, wire_dtype, overwrite), fold)
+        return
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("eta"),
                   TimeRemainingColumn(), console=console) as progress:
         trainer = FederatedTrainer(plans_path, names, config, run_folder, RichTrainingReporter(progress, config.rounds),
                                    capture=_capture_request(plans_path, names, capture_round, capture_clients))
         summary = trainer.run(resume=resume, overwrite=overwrite)
-    table = Table(title=f"{run_folder.parent.name}, fold {fold}: validation Dice after round {summary.rounds_done}")
+    _print_summary(console, summary, fold)
+
+
+def _print_summary(console: Console, summary, fold: int) -> None:
+    run_name = summary.run_folder.parent.name
+    table = Table(title=f"{run_name}, fold {fold}: validation Dice after round {summary.rounds_done}")
     table.add_column("client")
     table.add_column("mean Dice", justify="right")
     for name, dice in summary.final_dice.items():
         table.add_row(name, f"{dice:.3f}")
     console.print(table)
     console.print(f"best mean Dice {summary.best_score:.3f}; run folder: {summary.run_folder} "
-                  f"(mucald_predict --run {run_folder.parent.name})")
+                  f"(mucald_predict --run {run_name})")
+
+
+def _check_deployable(engine: Engine, resume: bool, capture_round: int | None) -> None:
+    if engine is not Engine.flare_loopback:
+        raise TrainingError("--wire-dtype float16 is a deployment setting. Fix: add --engine flare-loopback.")
+    if resume or capture_round is not None:
+        raise TrainingError("--engine flare-loopback does not resume or capture yet. Fix: drop --resume and "
+                            "--capture-round, or train in-process.")
+
+
+def _train_deployed(plans_path, names: list[str], config: TrainingConfig, run_folder: Path, wire_dtype: WireDtype,
+                    overwrite: bool):
+    """Train through FLARE on loopback into ``<run name>__flare-loopback[__wire-float16]``."""
+    try:
+        from mucald_unet.deployment.loopback_run import train_on_loopback
+    except ImportError as missing:
+        raise TrainingError(f"--engine flare-loopback needs NVIDIA FLARE ({missing}). Fix: pip install "
+                            "'mucald[deploy]'.") from None
+    # a deployed run is not bit-equal to an in-process one (clients step in arrival order): its own name
+    labels = [LOOPBACK_ENGINE] + (["wire-float16"] if wire_dtype is WireDtype.float16 else [])
+    deployed_folder = run_folder.parent.parent / "__".join([run_folder.parent.name, *labels]) / run_folder.name
+    return train_on_loopback(plans_path, names, config, deployed_folder, overwrite=overwrite,
+                             narrow_wire=wire_dtype is WireDtype.float16)
 
 
 # the flag (its parameter name) that sets each setting a preset may name

@@ -2,3 +2,5 @@
 
 The roles are ``training/runners.py``'s; this package carries their messages over FLARE's Collab API.
 """
+
+LOOPBACK_ENGINE = "flare-loopback"  # mucald_train --engine's name for it, and the label of its run names

@@ -1,0 +1,73 @@
+"""``mucald_train --engine flare-loopback``: the federation trained as separate FLARE processes over
+mutual TLS on this machine, ending in the same run folder an in-process run writes, so that
+``mucald_predict --run NAME`` and the audit read it unchanged.
+
+The sites' own records stay in ``<run folder>/sites/`` (``server/`` and one folder per client) and
+FLARE's workspace (startup kits, site logs) in ``<run folder>/flare/``. The checkpoint joins both
+sides' states, which only a single machine can do: on separate machines each side keeps its own.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from mucald_unet.config import TrainingConfig
+from mucald_unet.deployment import LOOPBACK_ENGINE
+from mucald_unet.deployment.flare_apps import LOG_FILE, SERVER_FOLDER, STATE_FILE
+from mucald_unet.deployment.flare_job import FlareJob, run_on_loopback
+from mucald_unet.errors import TrainingError
+from mucald_unet.training.checkpoint import (FINAL, Checkpoint, capture_rng_state, load_plain, plans_digest,
+                                             save_checkpoint)
+from mucald_unet.training.trainer import CONFIG_FILE, TrainingSummary
+from planners.plans import load_plans
+from preprocessing.atomic import write_json_atomic
+
+SITES_FOLDER = "sites"
+FLARE_FOLDER = "flare"
+
+
+def train_on_loopback(plans_path: Path, clients: Sequence[str], config: TrainingConfig, run_folder: Path,
+                      overwrite: bool = False, threads: int = 1, narrow_wire: bool = False) -> TrainingSummary:
+    run_folder = Path(run_folder)
+    if (run_folder / FINAL).is_file() and not overwrite:
+        raise TrainingError(f"{run_folder} already holds a run. Fix: add --overwrite to discard it and train "
+                            "again (a deployed run on loopback cannot be resumed yet).")
+    for stale in (SITES_FOLDER, FLARE_FOLDER):
+        shutil.rmtree(run_folder / stale, ignore_errors=True)
+    run_folder.mkdir(parents=True, exist_ok=True)
+    sites = run_folder / SITES_FOLDER
+    job = FlareJob(Path(plans_path), tuple(clients), config, sites, threads=threads, narrow_wire=narrow_wire)
+    run_on_loopback(job, run_folder / FLARE_FOLDER)
+    checkpoint = joined_checkpoint(plans_path, clients, config, sites)
+    write_json_atomic(run_folder / CONFIG_FILE, {"run_name": run_folder.parent.name, "training": config.to_dict(),
+                                                 "plans": str(plans_path), "plans_digest": checkpoint.plans_digest,
+                                                 "clients": list(clients), "engine": LOOPBACK_ENGINE})
+    save_checkpoint(run_folder / FINAL, checkpoint)
+    final = checkpoint.history[-1]
+    return TrainingSummary(run_folder, checkpoint.rounds_done, final["per_client"], checkpoint.best_score)
+
+
+def joined_checkpoint(plans_path: Path, clients: Sequence[str], config: TrainingConfig, sites: Path) -> Checkpoint:
+    """One checkpoint from the server's and every client's last saved state and their logs."""
+    server = load_plain(sites / SERVER_FOLDER / STATE_FILE)
+    states = {name: load_plain(sites / name / STATE_FILE) for name in clients}
+    done = {name: state["rounds_done"] for name, state in states.items()} | {"server": server["rounds_done"]}
+    if len(set(done.values())) != 1:
+        raise TrainingError(f"the sites stopped at different rounds ({done}); the run did not finish. Fix: train "
+                            "again with --overwrite.")
+    logs = {name: [json.loads(line) for line in (sites / name / LOG_FILE).read_text().splitlines()]
+            for name in clients}
+    history = []
+    for round_index in range(server["rounds_done"]):
+        records = {name: next(r for r in logs[name] if r["round"] == round_index) for name in clients}
+        per_client = {name: r["mean_val_dice"] for name, r in records.items()}
+        history.append({"round": round_index, "mean_val_dice": float(np.nanmean(list(per_client.values()))),
+                        "val_loss": {name: r["val_loss"] for name, r in records.items()}, "per_client": per_client})
+    return Checkpoint(server["rounds_done"], config.to_dict(), plans_digest(load_plans(Path(plans_path))),
+                      {name: state["client"] for name, state in states.items()}, server["server"],
+                      capture_rng_state(), history[-1]["mean_val_dice"], history)
