@@ -1,10 +1,9 @@
 """A federation's training as a FLARE job: the recipe, and running it on this machine.
 
-``run_in_simulator``: FLARE's simulator starts the server and every client site as FLARE sites, with
-the same apps and message path a deployment uses. ``run_on_loopback``: FLARE's POC mode provisions a
-project (a startup kit with mutual-TLS certificates per site), starts the server and each client as
-its own FLARE process on localhost, submits the job as the project admin and waits for it. Both
-keep everything FLARE writes under the given workspace.
+``run_on_loopback``: FLARE's POC mode provisions a project (a startup kit with mutual-TLS
+certificates per site), starts the server and each client as its own FLARE process on localhost,
+submits the job as the project admin and waits for it, keeping everything FLARE writes under the
+given workspace.
 """
 
 from __future__ import annotations
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import psutil  # FLARE's own dependency
 from nvflare.collab import CollabRecipe
-from nvflare.recipe import PocEnv, SimEnv
+from nvflare.recipe import PocEnv
 
 from mucald_unet.config import TrainingConfig
 from mucald_unet.deployment.flare_apps import FlareClientApp, FlareServerApp
@@ -53,13 +52,6 @@ def flare_recipe(job: FlareJob) -> CollabRecipe:
                           sync_task_timeout=job.call_timeout)
     recipe._job.set_app_packages(INSTALLED_PACKAGES)  # CollabRecipe exposes its FedJob only as ``_job``
     return recipe
-
-
-def run_in_simulator(job: FlareJob, workspace: Path) -> Path:
-    """Train the job with every site a FLARE simulator site; returns the simulator's job folder."""
-    recipe = flare_recipe(job)
-    recipe.run(SimEnv(clients=list(job.clients), workspace_root=str(workspace)))
-    return Path(workspace) / JOB_NAME
 
 
 @contextlib.contextmanager
