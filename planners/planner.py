@@ -1,5 +1,6 @@
 """The planner's rules: per-client spacing, patch, batch and normalisation, and the federation's
-shared dimensionality and server-segment topology. Pure functions of fingerprints and a preset.
+shared dimensionality and server-segment topology. Pure functions of fingerprints and a preset,
+split into what each site computes on its own and what the server decides from the sites' offers.
 """
 
 from __future__ import annotations
@@ -99,44 +100,94 @@ def normalization_for(name: str, channel: int, fingerprint: DatasetFingerprint,
 
 
 def make_plans(clients: list[ClientFacts], config: PlannerConfig = PlannerConfig()) -> Plans:
-    """Plan every client, then the shared server segment, then fit patches and batches to it."""
+    """Plan every client, then the shared server segment, then fit patches and batches to it.
+
+    The stages of a federation planned site by site, here in one process over every client's
+    facts: each site's native dimensionality -> the server fixes ``federation_dims``; each site's
+    ``site_proposal`` -> its ``SiteOffer`` -> the server's ``shared_topology`` -> each site's
+    ``site_plan``. Only the dimensionality, the offers and the topology cross.
+    """
     if not clients:
         raise PlanError("no datasets to plan. Fix: pass -d with at least one dataset.")
-    dims = _federation_dims(clients, config.dimensionality)
-    spacing, shape, slice_axes = {}, {}, {}
-    for facts in clients:
-        name = facts.fingerprint.dataset_name
-        full_spacing = target_spacing(facts.fingerprint.spacings, facts.fingerprint.shapes_after_crop,
-                                      config.anisotropy_threshold)
-        resampled = facts.fingerprint.shapes_after_crop * facts.fingerprint.spacings / full_spacing
-        full_shape = tuple(int(round(v)) for v in np.median(resampled, axis=0))
-        slice_axes[name] = _slice_axis(full_spacing, full_shape, facts.native_dims, dims)
-        spacing[name], shape[name] = full_spacing, full_shape
+    dims = federation_dims([c.native_dims for c in clients], [c.fingerprint.dataset_name for c in clients],
+                           config.dimensionality)
+    proposals = [site_proposal(facts, config, dims, len(clients)) for facts in clients]
+    topology = shared_topology([p.offer for p in proposals], config, dims)
+    plans = {facts.fingerprint.dataset_name: site_plan(facts, proposal, topology, config, len(clients))
+             for facts, proposal in zip(clients, proposals)}
+    warnings = tuple(w for proposal in proposals for w in proposal.warnings)
+    return assemble_plans(plans, topology, config, dims, warnings)
+
+
+@dataclass(frozen=True)
+class SiteOffer:
+    """All a site tells the server to fix the shared topology: the patch the budget allows it and
+    that patch's spacing. Nothing of its images' intensities or its labels."""
+
+    dataset_name: str
+    patch_spacing: tuple[float, ...]  # the spacing of the patch's axes (a 2D federation's slice axis dropped)
+    patch: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class SiteProposal:
+    """A site's resolution choice, kept at the site, and the offer it sends."""
+
+    resolution: Resolution
+    slice_axis: int | None
+    offer: SiteOffer
+    warnings: tuple[str, ...]
+
+
+def federation_dims(native_dims: list[int], names: list[str], requested: str | None) -> int:
+    """2 or 3: 3D only if every client is (or as requested, when possible)."""
+    all_3d = all(d == 3 for d in native_dims)
+    if requested == "3d" and not all_3d:
+        flat = ", ".join(name for name, d in zip(names, native_dims) if d == 2)
+        raise PlanError(f"--config 3d is impossible: {flat} is 2D. Fix: use --config 2d, or plan "
+                        "the 3D datasets as their own federation.")
+    if requested is not None:
+        return 3 if requested == "3d" else 2
+    return 3 if all_3d else 2
+
+
+def site_proposal(facts: ClientFacts, config: PlannerConfig, dims: int, num_clients: int) -> SiteProposal:
+    """At the site: its target spacing, slice axis and the budget's patch (lowres when the patch
+    would see too little of the median image)."""
+    fingerprint = facts.fingerprint
+    full_spacing = target_spacing(fingerprint.spacings, fingerprint.shapes_after_crop, config.anisotropy_threshold)
+    resampled = fingerprint.shapes_after_crop * fingerprint.spacings / full_spacing
+    full_shape = tuple(int(round(v)) for v in np.median(resampled, axis=0))
+    slice_axis = _slice_axis(full_spacing, full_shape, facts.native_dims, dims)
     warnings: list[str] = []
-    patches, notes = {}, {}
-    for facts in clients:
-        name = facts.fingerprint.dataset_name
-        resolution = _choose_resolution(spacing[name], shape[name], slice_axes[name], facts, config, dims,
-                                        len(clients), warnings)
-        spacing[name], shape[name] = resolution.spacing, resolution.shape
-        patches[name], notes[name] = resolution.patch, [resolution.note]
-    reference_spacing = tuple(np.median([_view(spacing[c.fingerprint.dataset_name],
-                                                slice_axes[c.fingerprint.dataset_name])
-                                         for c in clients], axis=0))
-    reference_patch = tuple(np.min([patches[c.fingerprint.dataset_name] for c in clients], axis=0))
-    topology = pooling_topology(reference_spacing, reference_patch, config.split_channels,
-                                config.max_filters(dims))
-    plans = {}
-    for facts in clients:
-        name = facts.fingerprint.dataset_name
-        patch = fit_to_divisor(patches[name], topology.divisor, _view(shape[name], slice_axes[name]))
-        batch, batch_note = _batch_size(patch, topology, facts, config, len(clients),
-                                        _resampled_voxels(facts.fingerprint, spacing[name]))
-        notes[name] += [_patch_note(patches[name], patch, _view(shape[name], slice_axes[name])), batch_note,
-                        f"widths: front and back end {config.split_channels}, split {config.split_channels} "
-                        f"channels ({config.preset.target} preset)"]
-        plans[name] = _client_plan(facts, config, spacing[name], shape[name], slice_axes[name], patch,
-                                   batch, tuple(notes[name]))
+    resolution = _choose_resolution(full_spacing, full_shape, slice_axis, facts, config, dims, num_clients, warnings)
+    offer = SiteOffer(fingerprint.dataset_name, tuple(_view(resolution.spacing, slice_axis)), resolution.patch)
+    return SiteProposal(resolution, slice_axis, offer, tuple(warnings))
+
+
+def shared_topology(offers: list[SiteOffer], config: PlannerConfig, dims: int) -> Topology:
+    """At the server: one server segment for all, planned for the median spacing and the smallest patch."""
+    reference_spacing = tuple(np.median([offer.patch_spacing for offer in offers], axis=0))
+    reference_patch = tuple(np.min([offer.patch for offer in offers], axis=0))
+    return pooling_topology(reference_spacing, reference_patch, config.split_channels, config.max_filters(dims))
+
+
+def site_plan(facts: ClientFacts, proposal: SiteProposal, topology: Topology, config: PlannerConfig,
+              num_clients: int) -> ClientPlan:
+    """At the site again: its patch fitted to the shared pooling, its batch, and the reasons."""
+    resolution, slice_axis = proposal.resolution, proposal.slice_axis
+    shape_view = _view(resolution.shape, slice_axis)
+    patch = fit_to_divisor(resolution.patch, topology.divisor, shape_view)
+    batch, batch_note = _batch_size(patch, topology, facts, config, num_clients,
+                                    _resampled_voxels(facts.fingerprint, resolution.spacing))
+    notes = (resolution.note, _patch_note(resolution.patch, patch, shape_view), batch_note,
+             f"widths: front and back end {config.split_channels}, split {config.split_channels} "
+             f"channels ({config.preset.target} preset)")
+    return _client_plan(facts, config, resolution.spacing, resolution.shape, slice_axis, patch, batch, notes)
+
+
+def assemble_plans(clients: dict[str, ClientPlan], topology: Topology, config: PlannerConfig, dims: int,
+                   warnings: tuple[str, ...]) -> Plans:
     federation = FederationPlan(
         dimensionality="3d" if dims == 3 else "2d",
         split_channels=config.split_channels,
@@ -144,18 +195,7 @@ def make_plans(clients: list[ClientFacts], config: PlannerConfig = PlannerConfig
         diffusion=DiffusionPlan(config.diffusion_steps, "squaredcos_cap_v2", config.diffusion_steps // 2),
         causal=CausalNodesPlan(config.num_nodes, 1),
     )
-    return Plans(SCHEMA_VERSION, config.preset.describe(), federation, plans, tuple(warnings))
-
-
-def _federation_dims(clients: list[ClientFacts], requested: str | None) -> int:
-    all_3d = all(c.native_dims == 3 for c in clients)
-    if requested == "3d" and not all_3d:
-        flat = ", ".join(c.fingerprint.dataset_name for c in clients if c.native_dims == 2)
-        raise PlanError(f"--config 3d is impossible: {flat} is 2D. Fix: use --config 2d, or plan "
-                        "the 3D datasets as their own federation.")
-    if requested is not None:
-        return 3 if requested == "3d" else 2
-    return 3 if all_3d else 2
+    return Plans(SCHEMA_VERSION, config.preset.describe(), federation, clients, warnings)
 
 
 def _slice_axis(spacing: tuple[float, ...], shape: tuple[int, ...], native_dims: int,

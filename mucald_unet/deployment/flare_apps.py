@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import threading
 import time
+import zlib
 from pathlib import Path
 
 import torch
@@ -26,6 +27,7 @@ from mucald_unet.errors import TrainingError
 from mucald_unet.federation.messages import Direction, Kind, ManifestEntry, Message
 from mucald_unet.federation.transport import append_manifest
 from mucald_unet.federation.wire import WireError, decode, encode
+from mucald_unet.training.augmentation import seed_augmentation
 from mucald_unet.training.checkpoint import save_plain
 from mucald_unet.training.run_log import RunLog
 from mucald_unet.training.runners import ClientRunner, ServerRunner, load_client_data
@@ -35,6 +37,11 @@ SERVER_FOLDER = "server"
 LOG_FILE = "log.jsonl"
 MANIFEST_FILE = "manifest.jsonl"
 STATE_FILE = "state.pt"
+
+
+def site_seed(seed: int, site: str) -> int:
+    """The seed of one site's network initialisation and augmentation: fixed by ``seed`` and the name."""
+    return zlib.crc32(f"{seed}:{site}".encode("utf-8"))
 
 
 def _completed(results, phase: str) -> dict:
@@ -125,10 +132,12 @@ class FlareClientApp:
     def start(self) -> None:
         torch.set_num_threads(self.threads)
         config = TrainingConfig.from_dict(self.config)
-        torch.manual_seed(config.seed)
         plans_path = Path(self.plans_path)
         plans = load_plans(plans_path)
         name = plans.client(collab.site_name).dataset_name  # a site is named by its dataset
+        seed = site_seed(config.seed, name)  # --seed decides the run; sites draw different streams
+        torch.manual_seed(seed)
+        seed_augmentation(seed)
         self._transport = CollabTransport(self.call_timeout, self.narrow_wire)
         self._runner = ClientRunner(name, plans, config, load_client_data(plans_path, plans, name, config),
                                     self._transport)

@@ -11,9 +11,10 @@ import pytest
 from planners.budget import CPU_EFFECTIVE_FLOPS, GPU_ACTIVATION_SHARE, TRAIN_FLOPS_PER_FORWARD_FLOP, Preset, sample_cost
 from planners.errors import PlanError
 from planners.fingerprint import CaseFingerprint, combine_fingerprints
-from planners.planner import ClientFacts, PlannerConfig, make_plans, target_spacing
+from planners.planner import (ClientFacts, PlannerConfig, SiteOffer, assemble_plans, federation_dims, make_plans,
+                              shared_topology, site_plan, site_proposal, target_spacing)
 from planners.plans import CausalGraphPlan, load_plans, plans_to_dict, save_plans
-from planners.topology import pooling_topology
+from planners.topology import Topology, pooling_topology
 from preprocessing.dataset_json import DatasetSpec
 
 EMPTY_GRAPH = CausalGraphPlan(nodes=(), parents={}, edge_weights={}, zscore_mean={}, zscore_std={},
@@ -218,3 +219,31 @@ def test_lowres_coarsens_only_the_patch_axes_of_a_sliced_3d_client() -> None:
     ct = plans.clients["Dataset002_Ct"]
     assert ct.slice_axis == 0 and ct.target_spacing[0] == pytest.approx(5.0)
     assert ct.target_spacing[1] > 0.5 and ct.median_shape[0] == 20
+
+
+def test_planning_site_by_site_with_only_plain_offers_crossing_gives_the_single_process_plan() -> None:
+    """Each site computes alone; what reaches the server (native dims, offers) and what comes back
+    (dims, topology) crosses as JSON, and the sites' plans equal make_plans' for every client."""
+    sites = [client("Dataset001_A", (0.8, 0.8), (300, 260)),  # large enough for the lowres rule
+             client("Dataset002_B", (3.0, 0.7, 0.7), (40, 200, 180)),  # 3D in a 2D federation: sliced
+             client("Dataset003_C", (1.0, 1.0), (96, 120), channels={0: "R", 1: "G", 2: "B"}, classes=3)]
+    config = PlannerConfig()
+    names = [site.fingerprint.dataset_name for site in sites]
+
+    def cross(value):  # what a network carries: plain JSON
+        return json.loads(json.dumps(value))
+
+    dims = cross(federation_dims(cross([site.native_dims for site in sites]), names, None))
+    proposals = [site_proposal(site, config, dims, len(sites)) for site in sites]
+    offers = [SiteOffer(**{k: tuple(v) if isinstance(v, list) else v for k, v in cross(vars(p.offer)).items()})
+              for p in proposals]
+    topology_sent = vars(shared_topology(offers, config, dims))
+    topology = Topology(*(tuple(tuple(x) if isinstance(x, list) else x for x in cross(topology_sent[k]))
+                          for k in ("kernel_sizes", "strides", "filters")))
+    plans = {name: site_plan(site, proposal, topology, config, len(sites))
+             for name, site, proposal in zip(names, sites, proposals)}
+    warnings = tuple(w for p in proposals for w in p.warnings)
+    single = make_plans(sites, config)
+    assert plans_to_dict(assemble_plans(plans, topology, config, dims, warnings)) == plans_to_dict(single)
+    assert single.clients["Dataset002_B"].slice_axis == 0
+    assert any("lowres" in note for plan in single.clients.values() for note in plan.planning_notes)
