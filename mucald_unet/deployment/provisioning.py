@@ -1,0 +1,117 @@
+"""Startup kits for a federation on separate machines, through FLARE's own provisioning.
+
+``provision`` writes FLARE's project file (the server's host name and ports, one client site per
+hospital, the project admin) and runs ``nvflare provision`` on it: FLARE issues the project's root
+CA and a certificate and key per participant, so every connection is mutual TLS and a kit from
+another provisioning (another root CA) is not accepted. ``KITS.md`` beside the kits says which
+folder goes to which machine and how each one starts.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from mucald_unet.errors import TrainingError
+from preprocessing.atomic import write_text_atomic
+
+SITE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+EMAIL = re.compile(r"^[^@\s]+@[^@\s]+$")
+
+
+@dataclass(frozen=True)
+class ProvisionRequest:
+    """Who takes part, and where the server listens."""
+
+    project: str
+    server_host: str  # the name the hospitals reach the server by (its certificate is issued to it)
+    sites: tuple[str, ...]  # one per hospital; mucald names a site by its dataset (Dataset002_LungCT)
+    admin: str  # the project admin's e-mail: the one who submits jobs
+    org: str = "mucald"
+    fed_port: int = 8002
+    admin_port: int = 8003
+
+    def __post_init__(self) -> None:
+        bad = [name for name in (self.project, self.server_host, *self.sites) if not SITE_NAME.match(name)]
+        if bad:
+            raise TrainingError(f"{bad[0]!r} cannot name a project, host or site. Fix: use letters, digits, "
+                                "'_', '-' and '.' only.")
+        if len(set(self.sites)) != len(self.sites) or not self.sites:
+            raise TrainingError("each site must be named once, and at least one is needed. Fix: list every "
+                                "hospital's site once with --sites.")
+        if not EMAIL.match(self.admin):
+            raise TrainingError(f"--admin {self.admin!r} is not an e-mail address. Fix: e.g. --admin "
+                                "admin@hospital.org (FLARE names its admins by e-mail).")
+        if self.fed_port == self.admin_port:
+            raise TrainingError(f"--fed-port and --admin-port are both {self.fed_port}. Fix: give two ports.")
+
+
+def project_config(request: ProvisionRequest) -> dict:
+    """FLARE's project file (API version 3) for the request, with FLARE's standard builders."""
+    participants = [{"name": request.server_host, "type": "server", "org": request.org,
+                     "fed_learn_port": request.fed_port, "admin_port": request.admin_port}]
+    participants += [{"name": site, "type": "client", "org": request.org} for site in request.sites]
+    participants.append({"name": request.admin, "type": "admin", "org": request.org, "role": "project_admin"})
+    builders = [{"path": "nvflare.lighter.impl.workspace.WorkspaceBuilder",
+                 "args": {"template_file": ["master_template.yml"]}},
+                {"path": "nvflare.lighter.impl.static_file.StaticFileBuilder", "args": {"config_folder": "config"}},
+                {"path": "nvflare.lighter.impl.cert.CertBuilder"},
+                {"path": "nvflare.lighter.impl.signature.SignatureBuilder"}]
+    return {"api_version": 3, "name": request.project, "description": "mucald split-federated training",
+            "participants": participants, "builders": builders}
+
+
+@dataclass(frozen=True)
+class Kits:
+    """Where provisioning put each participant's startup kit."""
+
+    server: Path
+    sites: dict[str, Path]
+    admin: Path
+    guide: Path  # KITS.md
+
+
+def provision(request: ProvisionRequest, out: Path, overwrite: bool = False) -> Kits:
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise TrainingError(f"{out} is not empty. Fix: choose an empty folder, or add --overwrite to issue new "
+                            "kits there (kits issued before stop working: a new root CA is made).")
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    project_file = out / "project.yml"
+    write_text_atomic(project_file, _yaml(project_config(request)))
+    workspace = out / "workspace"
+    done = subprocess.run([sys.executable, "-m", "nvflare.cli", "provision", "-p", str(project_file),
+                           "-w", str(workspace), "--force"], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise TrainingError(f"FLARE's provisioning failed (exit {done.returncode}): "
+                            f"{(done.stderr or done.stdout).strip()[-800:]}. Fix: check {project_file}.")
+    prod = sorted((workspace / request.project).glob("prod_*"))[-1]
+    kits = Kits(prod / request.server_host, {site: prod / site for site in request.sites}, prod / request.admin,
+                out / "KITS.md")
+    write_text_atomic(kits.guide, kits_guide(request, kits))
+    return kits
+
+
+def kits_guide(request: ProvisionRequest, kits: Kits) -> str:
+    lines = [f"# Startup kits of {request.project}", "",
+             f"Issued by one provisioning: every kit trusts the same root CA (`startup/rootCA.pem`), and each "
+             f"holds its own certificate and key, so connections are mutual TLS. Copy each folder, whole and "
+             f"only, to its machine; the `.key` files are secrets.", "",
+             "| kit | copy to | start with |", "|---|---|---|",
+             f"| `{kits.server}` | the server, reachable as `{request.server_host}` on ports {request.fed_port} "
+             f"(sites) and {request.admin_port} (admin) | `startup/start.sh` |"]
+    lines += [f"| `{path}` | hospital `{site}` | `startup/start.sh` |" for site, path in kits.sites.items()]
+    lines += [f"| `{kits.admin}` | the project admin ({request.admin}), who submits jobs | "
+              "`startup/fl_admin.sh` |", ""]
+    return "\n".join(lines)
+
+
+def _yaml(data) -> str:
+    """FLARE reads YAML; JSON is YAML, so no YAML writer is needed."""
+    return json.dumps(data, indent=2) + "\n"
