@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,12 +22,15 @@ from nvflare.recipe import PocEnv
 
 from mucald_unet.config import TrainingConfig
 from mucald_unet.deployment.flare_apps import FlareClientApp, FlareServerApp
+from mucald_unet.deployment.provisioning import ProvisionRequest, project_config
 from mucald_unet.errors import TrainingError
+from preprocessing.atomic import write_json_atomic
 
 JOB_NAME = "mucald"
 # installed at every site (the same version); FLARE must not copy their files into the job, where a
 # partial copy without the packages' __init__ files would shadow the installed packages
 INSTALLED_PACKAGES = ["mucald_unet", "planners", "preprocessing", "inference"]
+POC_ADMIN = "admin@nvidia.com"  # the admin FLARE's POC mode submits jobs as
 
 
 @dataclass(frozen=True)
@@ -76,9 +80,9 @@ def flare_home(workspace: Path) -> Iterator[Path]:
 
 def run_on_loopback(job: FlareJob, workspace: Path, timeout: float = 3600.0) -> str:
     """Train the job with the server and every client as separate FLARE processes over mutual TLS on
-    localhost (FLARE's POC mode, default ports 8002/8003); returns FLARE's final job status."""
-    with flare_home(workspace):
-        env = PocEnv(num_clients=len(job.clients), clients=list(job.clients))
+    localhost (FLARE's POC mode, on two free ports); returns FLARE's final job status."""
+    with flare_home(workspace) as root:
+        env = PocEnv(project_conf_path=str(loopback_project(job.clients, root)), username=POC_ADMIN)
         try:
             run = flare_recipe(job).run(env)
             run.get_result(timeout=timeout, clean_up=False)  # keep the sites' logs in the workspace
@@ -89,6 +93,24 @@ def run_on_loopback(job: FlareJob, workspace: Path, timeout: float = 3600.0) -> 
     if "COMPLETED" not in status:
         raise TrainingError(f"the FLARE job ended {status}. Fix: read the site logs under {workspace / 'poc'}.")
     return status
+
+
+def loopback_project(sites: tuple[str, ...], workspace: Path) -> Path:
+    """FLARE's project file for a POC run: the server, the sites, the admin, on ports free now (so
+    that two deployments on one machine, or another service on FLARE's default 8002/8003, do not
+    collide)."""
+    request = ProvisionRequest(JOB_NAME, "server", tuple(sites), POC_ADMIN, fed_port=free_port(),
+                               admin_port=free_port())
+    path = Path(workspace) / "project.yml"
+    write_json_atomic(path, project_config(request))  # JSON is YAML
+    return path
+
+
+def free_port() -> int:
+    """A TCP port on localhost that nothing listens on at the moment of asking."""
+    with socket.socket() as probe:
+        probe.bind(("localhost", 0))
+        return probe.getsockname()[1]
 
 
 def stop_processes_under(workspace: Path, grace: float = 30.0) -> list[int]:
