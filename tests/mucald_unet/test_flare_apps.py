@@ -1,0 +1,33 @@
+"""The FLARE apps' pieces that need no running FLARE: a failed group call stops the run naming each
+failed site and why, and each site's seed is fixed by --seed and its name but differs between sites."""
+
+from __future__ import annotations
+
+import pytest
+
+from mucald_unet.deployment.flare_apps import _completed, site_seed
+from mucald_unet.errors import TrainingError
+
+
+class GroupResults(list):
+    """What a FLARE group call returns: (site, result) pairs and a mapping of the sites that failed."""
+
+    def __init__(self, results: list[tuple[str, object]], failures: dict[str, Exception]) -> None:
+        super().__init__(results)
+        self.failures = failures
+
+
+def test_a_group_call_without_failures_gives_each_sites_result() -> None:
+    assert _completed(GroupResults([("A", {"x": 1}), ("B", None)], {}), "training") == {"A": {"x": 1}, "B": None}
+
+
+def test_a_failed_site_stops_the_run_with_its_name_and_reason() -> None:
+    results = GroupResults([("A", 1)], {"C": TimeoutError("no answer in 600 s"), "B": RuntimeError("crashed")})
+    with pytest.raises(TrainingError, match=r"training failed at 2 site\(s\): B: crashed; C: no answer in 600 s"):
+        _completed(results, "training")
+
+
+def test_site_seeds_follow_the_run_seed_and_differ_between_sites() -> None:
+    assert site_seed(0, "Dataset001_A") == site_seed(0, "Dataset001_A")
+    assert len({site_seed(0, "Dataset001_A"), site_seed(0, "Dataset002_B"), site_seed(1, "Dataset001_A")}) == 3
+    assert 0 <= site_seed(7, "Dataset001_A") < 2 ** 32  # numpy's and random's seed range
