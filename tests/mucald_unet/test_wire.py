@@ -44,9 +44,23 @@ def test_narrowed_float32_tensors_cross_as_half_the_bytes_and_arrive_as_float32(
     assert abs(len(full) - len(narrow) - 2 * features.numel()) < 32
     received = decode(narrow)
     assert received.tensors["features"].dtype == torch.float32
-    assert torch.equal(received.tensors["features"], features.half().float())  # float16's rounding, nothing more
+    relative = (received.tensors["features"] - features).abs() / features.abs()
+    assert float(relative.max()) <= 2 ** -11  # float16's rounding (a 10-bit mantissa), nothing more
     assert torch.equal(received.tensors["index"], torch.arange(5))
     assert torch.equal(decode(full).tensors["features"], features)
+
+
+def test_gradients_below_float16s_normal_range_keep_their_precision_when_narrowed() -> None:
+    """Split gradients are mostly ~1e-6, below float16's smallest normal 6e-5, where plain float16
+    keeps a few bits; the power-of-two scaling keeps float16's full 11 bits relative to each value."""
+    gradient = torch.randn(2, 8, 16, 16, generator=torch.Generator().manual_seed(2)) * 4e-6
+    sent = Message("c", Kind.GRADIENT, "split2", 0, 1, {"gradient": gradient, "zeros": torch.zeros(3)})
+    received = decode(encode(sent, narrow=True)).tensors
+    big = gradient.abs() > gradient.abs().max() * 2 ** -10  # values within float16's range of the peak
+    relative = ((received["gradient"] - gradient).abs() / gradient.abs())[big]
+    plain = ((gradient.half().float() - gradient).abs() / gradient.abs())[big]
+    assert float(relative.max()) <= 2 ** -11 < float(plain.median())
+    assert torch.equal(received["zeros"], torch.zeros(3))
 
 
 def test_bytes_of_another_kind_or_version_are_refused_by_name() -> None:
