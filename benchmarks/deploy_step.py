@@ -8,7 +8,7 @@ process (``--threads`` torch threads); deployed they step concurrently, one proc
 (``--site-threads`` each), so a federation iteration costs the slowest client's step. Seconds per
 iteration are the training seconds of the rounds after the first (the first pays for warm-up), over
 the iterations; bytes per iteration count what crossed during training steps (in-process: the
-messages' tensors; deployed: the bytes FLARE carried). Dice: the mean final validation Dice over the
+messages' float32 tensors, so not for the in-process float16 row; deployed: the bytes FLARE carried). Dice: the mean final validation Dice over the
 clients; float16's cost in Dice is also measured in-process through the wire codec, where the
 runs are deterministic and differ only by the narrowing (deployed clients step in arrival order).
 
@@ -41,7 +41,7 @@ GOAL_DICE = 0.01  # float16: Dice within 0.01
 class Measured:
     label: str
     seconds_per_iteration: float
-    bytes_per_iteration: float
+    bytes_per_iteration: float | None  # None: not measured in that variant
     mean_dice: float
     wall_seconds: float
 
@@ -58,9 +58,9 @@ def measure_in_process(plans: Path, clients: list[str], config: TrainingConfig, 
     later = [r for r in records if r["round"] > 0 and r["client"] == clients[0]]
     seconds = statistics.mean(r["train_seconds"] for r in later) / config.iterations_per_round
     manifest = [e for e in read_lines(folder / MANIFEST_FILE) if e["step"] >= 0 and e["round"] > 0]
-    bytes_per_iteration = sum(e["bytes"] for e in manifest) / (len(later) * config.iterations_per_round)
-    if narrow:  # the manifest counts the messages as sent; float16 halves their float32 tensors
-        bytes_per_iteration /= 2
+    # the manifest counts the messages' float32 tensors; what float16 carries is measured by the deployed row
+    bytes_per_iteration = (None if narrow else
+                           sum(e["bytes"] for e in manifest) / (len(later) * config.iterations_per_round))
     final = [r["mean_val_dice"] for r in records if r["round"] == config.rounds - 1]
     label = "in-process" + (", float16 through the wire codec" if narrow else "")
     return Measured(label, seconds, bytes_per_iteration, statistics.mean(final), time.perf_counter() - started)
@@ -98,7 +98,7 @@ def report(rows: list[Measured], args: argparse.Namespace, plans: Path) -> str:
     for row in rows:
         lines.append(f"| {row.label} | {row.seconds_per_iteration:.3f} | "
                      f"{row.seconds_per_iteration / base.seconds_per_iteration:.2f} | "
-                     f"{row.bytes_per_iteration / 1e6:.3f} MB | {row.bytes_per_iteration / base.bytes_per_iteration:.2f}"
+                     f"{_bytes_cells(row.bytes_per_iteration, base.bytes_per_iteration)}"
                      f" | {row.mean_dice:.4f} | {row.wall_seconds:.0f} |")
     lines.append("")
     deployed = next((r for r in rows if r.label.startswith("deployed") and "float16" not in r.label), None)
@@ -115,6 +115,10 @@ def report(rows: list[Measured], args: argparse.Namespace, plans: Path) -> str:
         lines.append(goal_line(f"float16 Dice within {GOAL_DICE} (in-process, same seed)", abs(change) <= GOAL_DICE,
                                f"{change:+.4f}"))
     return "\n".join(lines) + "\n"
+
+
+def _bytes_cells(value: float | None, base: float) -> str:
+    return "- (see the deployed float16 row) | -" if value is None else f"{value / 1e6:.3f} MB | {value / base:.2f}"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

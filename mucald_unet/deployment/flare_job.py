@@ -99,18 +99,21 @@ def loopback_project(sites: tuple[str, ...], workspace: Path) -> Path:
     """FLARE's project file for a POC run: the server, the sites, the admin, on ports free now (so
     that two deployments on one machine, or another service on FLARE's default 8002/8003, do not
     collide)."""
-    request = ProvisionRequest(JOB_NAME, "server", tuple(sites), POC_ADMIN, fed_port=free_port(),
-                               admin_port=free_port())
+    fed_port, admin_port = free_ports(2)
+    request = ProvisionRequest(JOB_NAME, "server", tuple(sites), POC_ADMIN, fed_port=fed_port, admin_port=admin_port)
     path = Path(workspace) / "project.yml"
     write_json_atomic(path, project_config(request))  # JSON is YAML
     return path
 
 
-def free_port() -> int:
-    """A TCP port on localhost that nothing listens on at the moment of asking."""
-    with socket.socket() as probe:
-        probe.bind(("localhost", 0))
-        return probe.getsockname()[1]
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct TCP ports on localhost that nothing listens on at the moment of asking (all
+    probes are held open together, so the system cannot hand out one port twice)."""
+    with contextlib.ExitStack() as stack:
+        probes = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for probe in probes:
+            probe.bind(("localhost", 0))
+        return [probe.getsockname()[1] for probe in probes]
 
 
 def stop_processes_under(workspace: Path, grace: float = 30.0) -> list[int]:

@@ -77,20 +77,27 @@ class Kits:
 
 
 def provision(request: ProvisionRequest, out: Path, overwrite: bool = False) -> Kits:
+    """Issue the kits into ``out``. FLARE provisions into a staging folder that is renamed into place,
+    so ``out/workspace`` is complete or absent; ``overwrite`` replaces only what this wrote before."""
     out = Path(out)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise TrainingError(f"{out} is not empty. Fix: choose an empty folder, or add --overwrite to issue new "
-                            "kits there (kits issued before stop working: a new root CA is made).")
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True)
+    ours = [out / name for name in ("project.yml", "workspace", "KITS.md")]
+    if any(path.exists() for path in ours) and not overwrite:
+        raise TrainingError(f"{out} already holds kits. Fix: choose another folder, or add --overwrite to issue "
+                            "new kits there (kits issued before stop working: a new root CA is made).")
+    out.mkdir(parents=True, exist_ok=True)
     project_file = out / "project.yml"
     write_text_atomic(project_file, _yaml(project_config(request)))
-    workspace = out / "workspace"
+    staging = out / ".workspace.partial"
+    shutil.rmtree(staging, ignore_errors=True)
     done = subprocess.run([sys.executable, "-m", "nvflare.cli", "provision", "-p", str(project_file),
-                           "-w", str(workspace), "--force"], capture_output=True, text=True)
+                           "-w", str(staging), "--force"], capture_output=True, text=True)
     if done.returncode != 0:
+        shutil.rmtree(staging, ignore_errors=True)
         raise TrainingError(f"FLARE's provisioning failed (exit {done.returncode}): "
                             f"{(done.stderr or done.stdout).strip()[-800:]}. Fix: check {project_file}.")
+    workspace = out / "workspace"
+    shutil.rmtree(workspace, ignore_errors=True)
+    staging.rename(workspace)
     prod = sorted((workspace / request.project).glob("prod_*"))[-1]
     kits = Kits(prod / request.server_host, {site: prod / site for site in request.sites}, prod / request.admin,
                 out / "KITS.md")
