@@ -84,6 +84,7 @@ class SplitServer:
         self.last_weights: dict[str, float] = {}  # of the last aggregation; empty when nothing is averaged
         self.shared_global: dict[str, Tensor] = {}
         self.rounds_aggregated = 0  # rounds whose averages are ready to fetch
+        self.dropped: set[str] = set()  # clients lost in this run; a new join takes one back
         self._uploads: dict[str, dict[str, Tensor]] = {}
         self._reports: dict[str, ClientReport] = {}
         self._pending: dict[str, _Pending] = {}
@@ -114,6 +115,7 @@ class SplitServer:
                                     f"{what} {missing[0]!r}; the client and server versions do not match.")
         if key == (Kind.REPORT, "join"):
             self.num_samples[message.client] = int(message.scalars["num_samples"])
+            self.dropped.discard(message.client)
             return self._ack(message)
         if key == (Kind.REPORT, "roster"):
             return self._roster(message)
@@ -209,17 +211,43 @@ class SplitServer:
         self._step_discriminators_when_all_seen(client, message.step)
         return self._reply(message, Kind.GRADIENT, "split1", {"gradient": pending.inputs.grad})
 
+    @property
+    def expected(self) -> list[str]:
+        """The clients a step or a round waits for: every client not dropped, in roster order."""
+        return [c for c in self.clients if c not in self.dropped]
+
     def _step_discriminators_when_all_seen(self, client: str, step: int) -> None:
-        """One discriminator update per step, on the gradients of every client's batch, so each
-        update sees all domains."""
+        """One discriminator update per step, on the gradients of every expected client's batch, so
+        each update sees all domains still in the federation."""
         if self.discriminator_optimizer is None:
             return
-        seen = self._backward_done.setdefault(step, set())
-        seen.add(client)
-        if seen >= set(self.clients):
+        self._backward_done.setdefault(step, set()).add(client)
+        self._step_discriminators_of_complete_steps()
+
+    def _step_discriminators_of_complete_steps(self) -> None:
+        complete = [s for s, seen in self._backward_done.items() if seen >= set(self.expected)]
+        if complete:  # after a drop, several steps may complete at once: their gradients are summed
             self.discriminator_optimizer.step()
             self.discriminator_optimizer.zero_grad(set_to_none=True)
-            del self._backward_done[step]
+            for step in complete:
+                del self._backward_done[step]
+
+    # ---- dropout ----------------------------------------------------------------------------
+    def drop(self, client: str) -> bool:
+        """Stop waiting for ``client`` (lost mid-round): its unfinished step is discarded, the steps
+        and the round wait only for the others, and the round is aggregated over the clients that
+        reported if they are all in. True when this closed the round."""
+        if client not in self.clients:
+            raise TrainingError(f"cannot drop unknown client {client!r}")
+        self.dropped.add(client)
+        self._pending.pop(client, None)
+        if client not in self._reports:  # a report already in counts; a lone upload does not
+            self._uploads.pop(client, None)
+        if not self.expected:
+            raise TrainingError(f"every client dropped out ({', '.join(sorted(self.dropped))}); nothing to train")
+        if self.discriminator_optimizer is not None:
+            self._step_discriminators_of_complete_steps()
+        return self._aggregate_when_all_reported(self.rounds_aggregated)
 
     # ---- round end --------------------------------------------------------------------------
     def _report(self, message: Message) -> Message:
@@ -227,27 +255,40 @@ class SplitServer:
         self._reports[message.client] = ClientReport(message.client, int(s["num_samples"]),
                                                      float(s.get("proxy_mse", float("nan"))),
                                                      float(s.get("val_loss", float("nan"))))
-        if set(self._reports) >= set(self.clients):
-            self._aggregate()
-            self.rounds_aggregated = message.round + 1
+        self._aggregate_when_all_reported(message.round)
         return self._ack(message)
 
+    def _aggregate_when_all_reported(self, round_index: int) -> bool:
+        if not self._reports or not set(self._reports) >= set(self.expected):
+            return False
+        self._aggregate()
+        self.rounds_aggregated = round_index + 1
+        return True
+
+    @property
+    def reporters(self) -> list[str]:
+        """The clients whose report of the open round arrived, in roster order."""
+        return [c for c in self.clients if c in self._reports]
+
     def aggregation_weights(self) -> dict[str, float]:
-        reports = [self._reports[c] for c in self.clients]
-        return dict(zip(self.clients, (float(w) for w in self.weighting.weights(reports))))
+        """Each reporter's weight; a client that dropped out before reporting has none."""
+        reporters = self.reporters
+        weights = self.weighting.weights([self._reports[c] for c in reporters])
+        return dict(zip(reporters, (float(w) for w in weights)))
 
     def _aggregate(self) -> None:
         weights = self.aggregation_weights()
         self.last_weights = weights if (self.method.federated or self._uploads) else {}
-        w = [weights[c] for c in self.clients]
+        reporters = list(weights)
         if self.method.federated:
             self.strategy.aggregate(self.segments, self.global_segment, weights)
             self.reference = self._snapshot(self.global_segment)
         if self._uploads:
-            missing = set(self.clients) - set(self._uploads)
+            missing = set(reporters) - set(self._uploads)
             if missing:
                 raise TrainingError(f"no shared weights from {', '.join(sorted(missing))} this round")
-            self.shared_global = weighted_average([self._uploads[c] for c in self.clients], w)
+            self.shared_global = weighted_average([self._uploads[c] for c in reporters],
+                                                  [weights[c] for c in reporters])
         self._uploads.clear()
         self._reports.clear()
 

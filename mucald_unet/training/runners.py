@@ -126,6 +126,11 @@ class ClientRunner:
         self.last_val_loss = validation.loss
         return validation
 
+    def catch_up(self, next_round: int) -> None:
+        """A client that missed rounds takes the averages of the round before ``next_round``."""
+        if next_round > 0:
+            self.client.fetch_shared_weights(next_round - 1)
+
     def train_round(self, round_index: int, on_step=None) -> dict[str, float]:
         """The steps of a client alone in its process (its own batch stream), then its round report;
         the round's mean loss terms. ``on_step(step, loss)`` sees every step."""

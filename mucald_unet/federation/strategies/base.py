@@ -98,7 +98,8 @@ class SegmentStrategy(ABC):
     @abstractmethod
     def aggregate(self, segments: Mapping[str, nn.Module], global_segment: nn.Module,
                   weights: Mapping[str, float]) -> None:
-        """Round end: set ``global_segment`` and the clients' ``segments`` (in place)."""
+        """Round end: set ``global_segment`` and the clients' ``segments`` (in place). ``weights``
+        names the clients that reported the round; a client that dropped out has no entry."""
 
     def state_dict(self) -> dict[str, Any]:
         """Plain data (tensors, dicts, numbers) kept between rounds; goes into the checkpoint."""

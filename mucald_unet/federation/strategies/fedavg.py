@@ -23,12 +23,14 @@ class FedAvg(SegmentStrategy):
 
     def aggregate(self, segments: Mapping[str, nn.Module], global_segment: nn.Module,
                   weights: Mapping[str, float]) -> None:
-        clients = self.context.clients
-        averaged = weighted_average([segments[c].state_dict() for c in clients], [weights[c] for c in clients])
+        """The mean over the clients in ``weights`` (those that reported the round); every client's
+        copy, a dropped one's too, takes the result, so a client that rejoins starts from it."""
+        reporters = [c for c in self.context.clients if c in weights]
+        averaged = weighted_average([segments[c].state_dict() for c in reporters], [weights[c] for c in reporters])
         global_segment.load_state_dict(averaged)
         shared_keys = self.shared_keys()
         shared = {k: v for k, v in averaged.items() if k in shared_keys}
-        for client in clients:
+        for client in self.context.clients:
             segments[client].load_state_dict({**segments[client].state_dict(), **shared})
 
 

@@ -47,9 +47,10 @@ class Scaffold(FedAvg):
 
     def aggregate(self, segments: Mapping[str, nn.Module], global_segment: nn.Module,
                   weights: Mapping[str, float]) -> None:
-        total = sum(weights[c] for c in self.context.clients)
+        reporters = [c for c in self.context.clients if c in weights]  # a dropped client's partial round is discarded
+        total = sum(weights[c] for c in reporters)
         with torch.no_grad():
-            for client in self.context.clients:
+            for client in reporters:
                 steps = self._steps[client]
                 if steps == 0:
                     continue
