@@ -75,7 +75,9 @@ def measure_deployed(plans: Path, clients: list[str], config: TrainingConfig, wo
     job = FlareJob(plans, tuple(clients), config, results, call_timeout=600.0, threads=site_threads,
                    narrow_wire=narrow)
     started = time.perf_counter()
-    run_on_loopback(job, work / "flare")
+    statuses = run_on_loopback(job, work / "flare")
+    if len(statuses) > 1:  # a resubmitted job measures recovery, not the step
+        raise SystemExit(f"the deployed run lost a site and was resubmitted ({statuses}); rerun the benchmark")
     wall = time.perf_counter() - started
     per_client = {c: [r for r in read_lines(results / c / "log.jsonl") if r["round"] > 0] for c in clients}
     rounds = sorted({r["round"] for records in per_client.values() for r in records})

@@ -7,6 +7,13 @@ by its dataset (``Dataset002_DemoLungCT``) and reads only its own cases. Each si
 records under ``results``: ``server/`` and ``<site>/`` (log, manifest of what it sent and received,
 state after the last finished round).
 
+A site lost mid-round (its process killed, its machine gone) fails its phase of the round; the
+server drops it, the round completes over the clients that reported (FedAvg over the reporters),
+and the job ends after that round so that the run's driver submits the next job with ``resume``:
+every site then starts from its own state, and a site that missed rounds first fetches the latest
+averages (it rejoins at the next round). FLARE's job must therefore allow fewer live sites than
+sites (``min_clients``), or it aborts the whole job on the first loss.
+
 Constructor arguments are plain values (paths as text, the training config as a dict): FLARE writes
 them into the job's configuration and builds the objects again in each site's process.
 """
@@ -28,7 +35,7 @@ from mucald_unet.federation.messages import Direction, Kind, ManifestEntry, Mess
 from mucald_unet.federation.transport import append_manifest
 from mucald_unet.federation.wire import WireError, decode, encode
 from mucald_unet.training.augmentation import seed_augmentation
-from mucald_unet.training.checkpoint import save_plain
+from mucald_unet.training.checkpoint import load_plain, save_plain
 from mucald_unet.training.run_log import RunLog
 from mucald_unet.training.runners import ClientRunner, ServerRunner, load_client_data
 from planners.plans import load_plans
@@ -53,18 +60,33 @@ def _completed(results, phase: str) -> dict:
     return dict(results)
 
 
+def _outcome(results) -> tuple[dict, dict[str, str]]:
+    """A group call's {site: result} of the sites that answered, and {site: why} of those that did not."""
+    failures = {site: str(error) for site, error in (getattr(results, "failures", {}) or {}).items()}
+    return dict(results), failures
+
+
+def saved_rounds(folder: Path) -> int:
+    """How many rounds a site's saved state has finished (0 when it saved none)."""
+    path = Path(folder) / STATE_FILE
+    return int(load_plain(path)["rounds_done"]) if path.is_file() else 0
+
+
 class FlareServerApp:
     """The server site: ``handle`` answers every client's messages one at a time (the server's state is
     shared between clients), ``run`` drives join, roster and rounds."""
 
     def __init__(self, plans_path: str, clients: list[str], config: dict, results: str,
-                 call_timeout: float = 600.0, threads: int = 1, narrow_wire: bool = False) -> None:
+                 call_timeout: float = 600.0, threads: int = 1, narrow_wire: bool = False,
+                 resume: bool = False, min_clients: int = 1) -> None:
         self.plans_path, self.clients, self.config, self.results = plans_path, list(clients), dict(config), results
         self.call_timeout, self.threads, self.narrow_wire = call_timeout, threads, narrow_wire
+        self.resume, self.min_clients = resume, min_clients
         self.folder = Path(results) / SERVER_FOLDER
         self._runner: ServerRunner | None = None
         self._lock = threading.Lock()
         self._manifest: list[ManifestEntry] = []
+        self._rounds_done = 0
 
     @collab.init
     def start(self) -> None:
@@ -73,6 +95,10 @@ class FlareServerApp:
         torch.manual_seed(config.seed)
         self._runner = ServerRunner(load_plans(Path(self.plans_path)), self.clients, config)
         self.folder.mkdir(parents=True, exist_ok=True)
+        if self.resume and (self.folder / STATE_FILE).is_file():
+            state = load_plain(self.folder / STATE_FILE)
+            self._runner.load_state_dict(state["server"])
+            self._rounds_done = int(state["rounds_done"])
 
     @collab.publish
     def handle(self, blob: bytes) -> bytes:
@@ -90,38 +116,64 @@ class FlareServerApp:
             self._manifest.append(ManifestEntry.of(reply, Direction.TO_CLIENT))
         return encode(reply, self.narrow_wire)
 
+    def _group(self, sites: list[str]):
+        return collab.get_clients(sites)(timeout=self.call_timeout)
+
     @collab.main
     def run(self) -> list[dict]:
-        rounds = int(self.config["rounds"])
-        _completed(collab.clients(timeout=self.call_timeout).join(), "join")
-        _completed(collab.clients(timeout=self.call_timeout).fetch_roster(), "roster")
+        """Join (a resumed site catches up), roster, then rounds until the last or until a site is lost:
+        that round completes over the others and the job ends, for the driver to resubmit."""
+        sites = list(self.clients)
+        joined = _completed(self._group(sites).join(self._rounds_done), "join")
+        RunLog(self.folder / LOG_FILE).append({"event": "join", "resumed_at": self._rounds_done, "sites": joined})
+        _completed(self._group(sites).fetch_roster(), "roster")
         history = []
-        for round_index in range(rounds):
+        for round_index in range(self._rounds_done, int(self.config["rounds"])):
             started = time.perf_counter()
-            trained = _completed(collab.clients(timeout=self.call_timeout).train_round(round_index), "training")
-            finished = _completed(collab.clients(timeout=self.call_timeout).finish_round(round_index), "validation")
+            trained, lost = _outcome(self._group(sites).train_round(round_index))
+            sites = [site for site in sites if site in trained]
             with self._lock:
+                self._close_round(round_index, sites, lost)
+                save_plain(self.folder / STATE_FILE, {"rounds_done": round_index + 1,
+                                                      "server": self._runner.state_dict()})
+            finished, lost_late = _outcome(self._group(sites).finish_round(round_index))
+            with self._lock:
+                for site in lost_late:  # averaged already; it missed the averages and validation only
+                    self._runner.server.drop(site)
                 weights, metrics = self._runner.end_round()
                 manifest, self._manifest = self._manifest, []
-                state = self._runner.state_dict()
+            dropped = {**lost, **lost_late}
             record = {"event": "round", "round": round_index, "aggregation_weights": weights,
                       "server_metrics": metrics, "clients": {site: {**trained[site], **finished[site]}
                                                              for site in sorted(finished)},
-                      "round_seconds": time.perf_counter() - started}
+                      "dropped": dropped, "round_seconds": time.perf_counter() - started}
             append_manifest(self.folder / MANIFEST_FILE, manifest)
             RunLog(self.folder / LOG_FILE).append(record)
-            save_plain(self.folder / STATE_FILE, {"rounds_done": round_index + 1, "server": state})
             history.append(record)
+            if dropped:
+                break  # the job ends here; the next one starts at the next round with every site that is up
         return history
+
+    def _close_round(self, round_index: int, survivors: list[str], lost: dict[str, str]) -> None:
+        """Drop the sites lost in training; the round must then be aggregated over enough reporters."""
+        if len(survivors) < self.min_clients:
+            raise TrainingError(f"round {round_index}: only {len(survivors)} site(s) finished training, fewer than "
+                                f"the {self.min_clients} required; lost: {lost}")
+        for site in lost:
+            self._runner.server.drop(site)
+        if self._runner.server.rounds_aggregated != round_index + 1:
+            raise TrainingError(f"round {round_index} was not aggregated: waiting for the round report of "
+                                f"{', '.join(s for s in survivors if s not in self._runner.server.reporters)}")
 
 
 class FlareClientApp:
     """A client site: builds its ``ClientRunner`` from its own cases and answers the server's phases."""
 
     def __init__(self, plans_path: str, config: dict, results: str, call_timeout: float = 600.0,
-                 threads: int = 1, narrow_wire: bool = False) -> None:
+                 threads: int = 1, narrow_wire: bool = False, resume: bool = False) -> None:
         self.plans_path, self.config, self.results = plans_path, dict(config), results
-        self.call_timeout, self.threads, self.narrow_wire = call_timeout, threads, narrow_wire
+        self.call_timeout, self.threads, self.narrow_wire, self.resume = call_timeout, threads, narrow_wire, resume
+        self._rounds_done = 0
         self.folder = Path(results)  # <results>/<site> once the site knows its name (``start``)
         self._runner: ClientRunner | None = None
         self._transport: CollabTransport | None = None
@@ -135,18 +187,29 @@ class FlareClientApp:
         plans_path = Path(self.plans_path)
         plans = load_plans(plans_path)
         name = plans.client(collab.site_name).dataset_name  # a site is named by its dataset
-        seed = site_seed(config.seed, name)  # --seed decides the run; sites draw different streams
+        self.folder = Path(self.results) / name
+        self.folder.mkdir(parents=True, exist_ok=True)
+        state = load_plain(self.folder / STATE_FILE) if self.resume and (self.folder / STATE_FILE).is_file() else None
+        self._rounds_done = int(state["rounds_done"]) if state else 0
+        # --seed decides the run; sites draw different streams, and a resumed site a fresh one
+        seed = site_seed(config.seed, name if state is None else f"{name}@{self._rounds_done}")
         torch.manual_seed(seed)
         seed_augmentation(seed)
         self._transport = CollabTransport(self.call_timeout, self.narrow_wire)
         self._runner = ClientRunner(name, plans, config, load_client_data(plans_path, plans, name, config),
                                     self._transport)
-        self.folder = Path(self.results) / name
-        self.folder.mkdir(parents=True, exist_ok=True)
+        if state is not None:
+            self._runner.load_state_dict(state["client"], state["last_val_loss"])
 
     @collab.publish
-    def join(self) -> None:
+    def join(self, next_round: int) -> dict:
+        """Join; a site whose saved state is behind the server's (it missed rounds) fetches the last
+        averages first, so it rejoins at ``next_round`` from what the others reached."""
         self._runner.join()
+        behind = self._rounds_done < next_round
+        if behind:
+            self._runner.catch_up(next_round)
+        return {"rounds_done": self._rounds_done, "caught_up": behind}
 
     @collab.publish
     def fetch_roster(self) -> float:

@@ -3,12 +3,14 @@
 ``run_on_loopback``: FLARE's POC mode provisions a project (a startup kit with mutual-TLS
 certificates per site), starts the server and each client as its own FLARE process on localhost,
 submits the job as the project admin and waits for it, keeping everything FLARE writes under the
-given workspace.
+given workspace. A job that ended early because a site was lost is followed by the next one, with
+``resume``, until the rounds are done or a job makes no progress.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import socket
 import time
@@ -18,10 +20,10 @@ from pathlib import Path
 
 import psutil  # FLARE's own dependency
 from nvflare.collab import CollabRecipe
-from nvflare.recipe import PocEnv
+from nvflare.recipe import PocEnv, ProdEnv
 
 from mucald_unet.config import TrainingConfig
-from mucald_unet.deployment.flare_apps import FlareClientApp, FlareServerApp
+from mucald_unet.deployment.flare_apps import SERVER_FOLDER, FlareClientApp, FlareServerApp, saved_rounds
 from mucald_unet.deployment.provisioning import ProvisionRequest, project_config
 from mucald_unet.errors import TrainingError
 from preprocessing.atomic import write_json_atomic
@@ -44,15 +46,22 @@ class FlareJob:
     call_timeout: float = 600.0  # seconds a site waits for one call (a step's message, a round phase)
     threads: int = 1  # torch threads per site process
     narrow_wire: bool = False  # float32 tensors cross as float16 (--wire-dtype float16)
+    resume: bool = False  # every site starts from its own saved state under ``results``
+    min_clients: int = 1  # live sites below which FLARE aborts the job and a round is refused
+
+    @property
+    def rounds_done(self) -> int:
+        """Rounds the server has aggregated and saved so far."""
+        return saved_rounds(self.results / SERVER_FOLDER)
 
 
 def flare_recipe(job: FlareJob) -> CollabRecipe:
     config = job.config.to_dict()
     server = FlareServerApp(str(job.plans_path), list(job.clients), config, str(job.results),
-                            job.call_timeout, job.threads, job.narrow_wire)
+                            job.call_timeout, job.threads, job.narrow_wire, job.resume, job.min_clients)
     client = FlareClientApp(str(job.plans_path), config, str(job.results), job.call_timeout, job.threads,
-                            job.narrow_wire)
-    recipe = CollabRecipe(job_name=JOB_NAME, server=server, client=client, min_clients=len(job.clients),
+                            job.narrow_wire, job.resume)
+    recipe = CollabRecipe(job_name=JOB_NAME, server=server, client=client, min_clients=job.min_clients,
                           sync_task_timeout=job.call_timeout)
     recipe._job.set_app_packages(INSTALLED_PACKAGES)  # CollabRecipe exposes its FedJob only as ``_job``
     return recipe
@@ -78,21 +87,41 @@ def flare_home(workspace: Path) -> Iterator[Path]:
                 os.environ[key] = value
 
 
-def run_on_loopback(job: FlareJob, workspace: Path, timeout: float = 3600.0) -> str:
+def run_on_loopback(job: FlareJob, workspace: Path, timeout: float = 3600.0) -> list[str]:
     """Train the job with the server and every client as separate FLARE processes over mutual TLS on
-    localhost (FLARE's POC mode, on two free ports); returns FLARE's final job status."""
+    localhost (FLARE's POC mode, on two free ports): the first job starts the sites, each later one
+    (after a job that ended on a lost site) resumes on the running sites; FLARE's status of each job."""
+    rounds = job.config.rounds
+    statuses = []
     with flare_home(workspace) as root:
         env = PocEnv(project_conf_path=str(loopback_project(job.clients, root)), username=POC_ADMIN)
         try:
-            run = flare_recipe(job).run(env)
-            run.get_result(timeout=timeout, clean_up=False)  # keep the sites' logs in the workspace
-            status = str(run.get_status())
+            statuses.append(_run_job(flare_recipe(job), env, timeout, workspace))
+            while (done := job.rounds_done) < rounds:
+                job = dataclasses.replace(job, resume=True)
+                statuses.append(_run_job(flare_recipe(job), ProdEnv(str(poc_admin_kit(root)), username=POC_ADMIN),
+                                         timeout, workspace))
+                if job.rounds_done == done:
+                    raise TrainingError(f"a resumed FLARE job made no progress past round {done}. Fix: read the "
+                                        f"site logs under {Path(workspace) / 'poc'}.")
         finally:
             env.stop(clean_up=False)
             stop_processes_under(Path(workspace).resolve())
+    return statuses
+
+
+def _run_job(recipe: CollabRecipe, env, timeout: float, workspace: Path) -> str:
+    run = recipe.run(env)
+    run.get_result(timeout=timeout, clean_up=False)  # keep the sites' logs in the workspace
+    status = str(run.get_status())
     if "COMPLETED" not in status:
-        raise TrainingError(f"the FLARE job ended {status}. Fix: read the site logs under {workspace / 'poc'}.")
+        raise TrainingError(f"the FLARE job ended {status}. Fix: read the site logs under {Path(workspace) / 'poc'}.")
     return status
+
+
+def poc_admin_kit(workspace: Path) -> Path:
+    """The admin's startup kit that FLARE's POC mode provisioned for the project ``loopback_project`` wrote."""
+    return Path(workspace) / "poc" / JOB_NAME / "prod_00" / POC_ADMIN
 
 
 def loopback_project(sites: tuple[str, ...], workspace: Path) -> Path:

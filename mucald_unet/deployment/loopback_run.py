@@ -32,7 +32,10 @@ FLARE_FOLDER = "flare"
 
 
 def train_on_loopback(plans_path: Path, clients: Sequence[str], config: TrainingConfig, run_folder: Path,
-                      overwrite: bool = False, threads: int = 1, narrow_wire: bool = False) -> TrainingSummary:
+                      overwrite: bool = False, threads: int = 1, narrow_wire: bool = False,
+                      call_timeout: float = 600.0) -> TrainingSummary:
+    """``call_timeout``: seconds a step's message or a round phase may take; a site silent for longer
+    is dropped from that round."""
     run_folder = Path(run_folder)
     if (run_folder / FINAL).is_file() and not overwrite:
         raise TrainingError(f"{run_folder} already holds a run. Fix: add --overwrite to discard it and train "
@@ -41,7 +44,7 @@ def train_on_loopback(plans_path: Path, clients: Sequence[str], config: Training
         shutil.rmtree(run_folder / stale, ignore_errors=True)
     run_folder.mkdir(parents=True, exist_ok=True)
     sites = run_folder / SITES_FOLDER
-    job = FlareJob(Path(plans_path), tuple(clients), config, sites, threads=threads, narrow_wire=narrow_wire)
+    job = FlareJob(Path(plans_path), tuple(clients), config, sites, call_timeout, threads, narrow_wire)
     run_on_loopback(job, run_folder / FLARE_FOLDER)
     checkpoint = joined_checkpoint(plans_path, clients, config, sites)
     write_json_atomic(run_folder / CONFIG_FILE, {"run_name": run_folder.parent.name, "training": config.to_dict(),
@@ -64,10 +67,12 @@ def joined_checkpoint(plans_path: Path, clients: Sequence[str], config: Training
             for name in clients}
     history = []
     for round_index in range(server["rounds_done"]):
-        records = {name: next(r for r in logs[name] if r["round"] == round_index) for name in clients}
-        per_client = {name: r["mean_val_dice"] for name, r in records.items()}
+        # a site lost in a round has no record of it (NaN); one re-run after a restart keeps the last
+        records = {name: {r["round"]: r for r in logs[name]}.get(round_index, {}) for name in clients}
+        per_client = {name: r.get("mean_val_dice", float("nan")) for name, r in records.items()}
         history.append({"round": round_index, "mean_val_dice": float(np.nanmean(list(per_client.values()))),
-                        "val_loss": {name: r["val_loss"] for name, r in records.items()}, "per_client": per_client})
+                        "val_loss": {name: r.get("val_loss", float("nan")) for name, r in records.items()},
+                        "per_client": per_client})
     return Checkpoint(server["rounds_done"], config.to_dict(), plans_digest(load_plans(Path(plans_path))),
                       {name: state["client"] for name, state in states.items()}, server["server"],
                       capture_rng_state(), history[-1]["mean_val_dice"], history)
