@@ -1,5 +1,6 @@
 """The server role: message dispatch and its refusals, DACA's reversed gradient at split 1, one
-discriminator update per federation step, and FedProx's proximal gradient on the server segment.
+discriminator update per federation step, FedProx's proximal gradient on the server segment,
+and a round that survives a dropped client.
 
 Built directly on the tiny federation's plan, without clients, so every tensor sent is chosen here.
 """
@@ -200,3 +201,51 @@ def test_fedprox_adds_mu_times_the_distance_to_the_last_average(tiny_federation:
     moved = {n: p for n, p in prox.segments[CLIENT].named_parameters()}
     reference = prox.reference
     assert not all(torch.equal(moved[n], reference[n]) for n in drift)  # and the step was taken
+
+
+# ---- dropout ------------------------------------------------------------------------------------
+
+def report_round(server: SplitServer, client: str, num_samples: int = 4) -> None:
+    server.handle(Message(client, Kind.REPORT, "round", 0, 0, scalars={"num_samples": num_samples}))
+
+
+def test_a_dropped_client_is_left_out_of_the_average_and_then_rejoins(tiny_federation: Path) -> None:
+    server = build_server(tiny_federation, method="splitfed")
+    lost = CLIENTS[-1]
+    with torch.no_grad():  # distinct segments, so the average says whose copies went into it
+        for index, client in enumerate(CLIENTS):
+            for p in server.segments[client].parameters():
+                p.fill_(float(index))
+    for client in CLIENTS[:-1]:
+        report_round(server, client)
+    assert server.rounds_aggregated == 0  # still waiting for the lost client
+    assert server.drop(lost) is True
+    assert server.rounds_aggregated == 1 and server.last_weights == pytest.approx({CLIENTS[0]: 0.5, CLIENTS[1]: 0.5})
+    expected_value = (0.0 + 1.0) / 2
+    for client in CLIENTS:  # the lost client's copy takes the survivors' average too
+        assert all(torch.allclose(p, torch.full_like(p, expected_value)) for p in server.segments[client].parameters())
+    assert server.expected == CLIENTS[:-1]
+    server.handle(Message(lost, Kind.REPORT, "join", 1, 0, scalars={"num_samples": 4}))
+    assert server.expected == CLIENTS and server.dropped == set()
+
+
+def test_dropping_a_client_releases_the_discriminator_update_of_its_step(tiny_federation: Path) -> None:
+    server = build_server(tiny_federation, method="mucald")
+    calls = []
+    original = server.discriminator_optimizer.step
+    server.discriminator_optimizer.step = lambda *a, **k: (calls.append(1), original(*a, **k))
+    server._backward_done[0] = set(CLIENTS[:-1])  # the survivors' gradients of step 0 are in
+    server._step_discriminators_of_complete_steps()
+    assert calls == []  # the step waits for every expected client
+    server.drop(CLIENTS[-1])
+    assert calls == [1] and server._backward_done == {}
+
+
+def test_dropping_every_client_or_an_unknown_one_is_refused(tiny_federation: Path) -> None:
+    server = build_server(tiny_federation, method="splitfed")
+    with pytest.raises(TrainingError, match="cannot drop unknown client 'Dataset999_Nobody'"):
+        server.drop("Dataset999_Nobody")
+    for client in CLIENTS[:-1]:
+        assert server.drop(client) is False  # nobody reported: nothing to aggregate
+    with pytest.raises(TrainingError, match="every client dropped out"):
+        server.drop(CLIENTS[-1])
