@@ -207,8 +207,9 @@ class FlareClientApp:
         averages first, so it rejoins at ``next_round`` from what the others reached."""
         self._runner.join()
         behind = self._rounds_done < next_round
-        if behind:
+        if behind:  # saved at once: a job with no rounds left ends with every site at the last round
             self._runner.catch_up(next_round)
+            self._save_state(next_round)
         return {"rounds_done": self._rounds_done, "caught_up": behind}
 
     @collab.publish
@@ -234,6 +235,9 @@ class FlareClientApp:
                   "train_seconds": self._train_seconds}
         append_manifest(self.folder / MANIFEST_FILE, manifest)
         RunLog(self.folder / LOG_FILE).append(record)
-        save_plain(self.folder / STATE_FILE, {"rounds_done": round_index + 1, "client": self._runner.state_dict(),
-                                              "last_val_loss": self._runner.last_val_loss})
+        self._save_state(round_index + 1)
         return {"mean_val_dice": validation.mean_dice, "val_dice": validation.dice}
+
+    def _save_state(self, rounds_done: int) -> None:
+        save_plain(self.folder / STATE_FILE, {"rounds_done": rounds_done, "client": self._runner.state_dict(),
+                                              "last_val_loss": self._runner.last_val_loss})

@@ -51,8 +51,8 @@ class FlareJob:
 
     @property
     def rounds_done(self) -> int:
-        """Rounds the server has aggregated and saved so far."""
-        return saved_rounds(self.results / SERVER_FOLDER)
+        """Rounds that the server and every site have saved: where a resumed job starts for all."""
+        return min(saved_rounds(self.results / folder) for folder in (SERVER_FOLDER, *self.clients))
 
 
 def flare_recipe(job: FlareJob) -> CollabRecipe:
@@ -87,36 +87,44 @@ def flare_home(workspace: Path) -> Iterator[Path]:
                 os.environ[key] = value
 
 
-def run_on_loopback(job: FlareJob, workspace: Path, timeout: float = 3600.0) -> list[str]:
+def run_on_loopback(job: FlareJob, workspace: Path, timeout: float = 3600.0,
+                    retries_without_progress: int = 1) -> list[str]:
     """Train the job with the server and every client as separate FLARE processes over mutual TLS on
-    localhost (FLARE's POC mode, on two free ports): the first job starts the sites, each later one
-    (after a job that ended on a lost site) resumes on the running sites; FLARE's status of each job."""
-    rounds = job.config.rounds
-    statuses = []
+    localhost (FLARE's POC mode, on two free ports); FLARE's status of each job submitted.
+
+    The first job starts the sites. A job that ends with rounds left (a site was dropped, or FLARE
+    failed the job because a site's process died) is followed by one with ``resume`` on the running
+    sites, which starts at the last round every party saved; a crash costs the round it hit. The run
+    stops with an error after ``retries_without_progress`` + 1 jobs in a row that saved no round."""
+    rounds, statuses, stalled = job.config.rounds, [], 0
     with flare_home(workspace) as root:
         env = PocEnv(project_conf_path=str(loopback_project(job.clients, root)), username=POC_ADMIN)
+        submit_to = env
         try:
-            statuses.append(_run_job(flare_recipe(job), env, timeout, workspace))
-            while (done := job.rounds_done) < rounds:
+            while True:
+                before = job.rounds_done
+                statuses.append(_run_job(flare_recipe(job), submit_to, timeout))
+                if job.rounds_done >= rounds:
+                    break
+                stalled = 0 if job.rounds_done > before else stalled + 1
+                if stalled > retries_without_progress:
+                    raise TrainingError(f"{stalled} FLARE job(s) in a row saved no round past {before} (statuses: "
+                                        f"{', '.join(statuses)}). Fix: read the site logs under "
+                                        f"{Path(workspace) / 'poc'}.")
                 job = dataclasses.replace(job, resume=True)
-                statuses.append(_run_job(flare_recipe(job), ProdEnv(str(poc_admin_kit(root)), username=POC_ADMIN),
-                                         timeout, workspace))
-                if job.rounds_done == done:
-                    raise TrainingError(f"a resumed FLARE job made no progress past round {done}. Fix: read the "
-                                        f"site logs under {Path(workspace) / 'poc'}.")
+                submit_to = ProdEnv(str(poc_admin_kit(root)), login_timeout=30.0, username=POC_ADMIN)
         finally:
             env.stop(clean_up=False)
             stop_processes_under(Path(workspace).resolve())
     return statuses
 
 
-def _run_job(recipe: CollabRecipe, env, timeout: float, workspace: Path) -> str:
-    run = recipe.run(env)
-    run.get_result(timeout=timeout, clean_up=False)  # keep the sites' logs in the workspace
-    status = str(run.get_status())
-    if "COMPLETED" not in status:
-        raise TrainingError(f"the FLARE job ended {status}. Fix: read the site logs under {Path(workspace) / 'poc'}.")
-    return status
+def _run_job(recipe: CollabRecipe, env, timeout: float) -> str:
+    """Submit, wait, and return FLARE's final status. Through the environment, not ``Run.get_result``,
+    which stops the POC services after the job, and the next job needs them."""
+    job_id = recipe.run(env).get_job_id()
+    env.get_job_result(job_id, timeout=timeout)
+    return str(env.get_job_status(job_id))
 
 
 def poc_admin_kit(workspace: Path) -> Path:

@@ -45,11 +45,12 @@ def train_on_loopback(plans_path: Path, clients: Sequence[str], config: Training
     run_folder.mkdir(parents=True, exist_ok=True)
     sites = run_folder / SITES_FOLDER
     job = FlareJob(Path(plans_path), tuple(clients), config, sites, call_timeout, threads, narrow_wire)
-    run_on_loopback(job, run_folder / FLARE_FOLDER)
+    statuses = run_on_loopback(job, run_folder / FLARE_FOLDER)
     checkpoint = joined_checkpoint(plans_path, clients, config, sites)
     write_json_atomic(run_folder / CONFIG_FILE, {"run_name": run_folder.parent.name, "training": config.to_dict(),
                                                  "plans": str(plans_path), "plans_digest": checkpoint.plans_digest,
-                                                 "clients": list(clients), "engine": LOOPBACK_ENGINE})
+                                                 "clients": list(clients), "engine": LOOPBACK_ENGINE,
+                                                 "flare_jobs": statuses})  # more than one: a crash was survived
     save_checkpoint(run_folder / FINAL, checkpoint)
     final = checkpoint.history[-1]
     return TrainingSummary(run_folder, checkpoint.rounds_done, final["per_client"], checkpoint.best_score)

@@ -1,7 +1,9 @@
 """The deployment on one machine (``mucald_train --engine flare-loopback``): FLARE provisions a
 startup kit per site with mutual-TLS certificates, starts the server and every client as its own
-process on localhost, and mucald trains to completion with float16 on the wire; each side keeps its
-own records and both sides' manifests agree entry by entry (only features, gradients, weights and
+process on localhost, and mucald trains to completion with float16 on the wire, surviving the
+death of one site's job process after its first round: FLARE fails that job, the next one resumes
+every side from its saved state, and only the round the crash hit is trained again. Each side keeps
+its own records and both sides' manifests agree entry by entry (only features, gradients, weights and
 counts crossed); every process it started is gone afterwards, FLARE wrote only under the run folder,
 and the run folder's checkpoint (both sides' states joined) loads into the predictor like an
 in-process run's."""
@@ -10,8 +12,11 @@ from __future__ import annotations
 
 import json
 import subprocess
+import threading
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 
@@ -19,6 +24,7 @@ from inference.model import load_client_model
 from mucald_unet.deployment.flare_apps import LOG_FILE, MANIFEST_FILE, SERVER_FOLDER, STATE_FILE
 from mucald_unet.deployment.loopback_run import FLARE_FOLDER, SITES_FOLDER, train_on_loopback
 from mucald_unet.training.checkpoint import FINAL, load_plain
+from mucald_unet.training.trainer import CONFIG_FILE
 from tests.conftest import CLIENTS
 from tests.mucald_unet.conftest import quick_config
 
@@ -38,37 +44,74 @@ def read_lines(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def test_sites_as_separate_processes_over_mutual_tls_train_mucald(tiny_federation: Path, tmp_path: Path) -> None:
+ROUNDS, ITERATIONS = 3, 2
+VICTIM = CLIENTS[1]
+
+
+def kill_job_process_after_first_round(run_folder: Path, site: str, killed: list[int]) -> None:
+    """SIGKILL the site's FLARE job process (not its client parent) once it has saved round 0."""
+    state = run_folder / SITES_FOLDER / site / STATE_FILE
+    deadline = time.monotonic() + 600
+    while not state.is_file() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    for process in psutil.process_iter(["pid", "cmdline"]):
+        args = process.info["cmdline"] or []
+        if any("worker_process" in a for a in args) and any(f"prod_00/{site}" in a for a in args):
+            process.kill()
+            killed.append(process.pid)
+
+
+def test_sites_as_separate_processes_over_mutual_tls_train_mucald_through_a_crash(tiny_federation: Path,
+                                                                                  tmp_path: Path) -> None:
     settings_before = home_settings()
-    summary = train_on_loopback(tiny_federation, CLIENTS, quick_config(method="mucald", rounds=2, iterations=2),
+    killed: list[int] = []
+    killer = threading.Thread(target=kill_job_process_after_first_round, args=(tmp_path, VICTIM, killed), daemon=True)
+    killer.start()
+    summary = train_on_loopback(tiny_federation, CLIENTS, quick_config(method="mucald", rounds=ROUNDS,
+                                                                        iterations=ITERATIONS),
                                 tmp_path, narrow_wire=True)
+    killer.join(timeout=5)
     results, workspace = tmp_path / SITES_FOLDER, tmp_path / FLARE_FOLDER
-    assert summary.rounds_done == 2 and set(summary.final_dice) == set(CLIENTS)
+    assert len(killed) == 1 and summary.rounds_done == ROUNDS and set(summary.final_dice) == set(CLIENTS)
+    # the site's next call fails; our server drops it and ends the job, or FLARE fails the job first
+    (_, resumed_job) = json.loads((tmp_path / CONFIG_FILE).read_text())["flare_jobs"]
+    assert "COMPLETED" in resumed_job
 
     kits = next((workspace / "poc").glob("*/prod_00"))
     server_kit = kits / "server" / "startup"
     assert {"rootCA.pem", "server.crt", "server.key"} <= {p.name for p in server_kit.iterdir()}
     assert json.loads((server_kit / "fed_server.json").read_text())["servers"][0]["connection_security"] == "mtls"
-    (join, first, second) = read_lines(results / SERVER_FOLDER / LOG_FILE)
-    assert (join["event"], join["resumed_at"]) == ("join", 0)
-    assert join["sites"] == {site: {"rounds_done": 0, "caught_up": False} for site in CLIENTS}
-    assert (first["round"], second["round"]) == (0, 1) and first["dropped"] == second["dropped"] == {}
-    assert second["aggregation_weights"] == pytest.approx(dict.fromkeys(CLIENTS, 1 / 3))
-    assert set(second["server_metrics"]) == set(CLIENTS)  # the discriminators trained on every site's steps
+    server_log = read_lines(results / SERVER_FOLDER / LOG_FILE)
+    joins = [r for r in server_log if r["event"] == "join"]
+    assert joins[0] == {"event": "join", "resumed_at": 0,
+                        "sites": {site: {"rounds_done": 0, "caught_up": False} for site in CLIENTS}}
+    resumed = joins[-1]["resumed_at"]  # round 1, or 2 where the server closed round 1 without the site
+    assert len(joins) == 2 and resumed in (1, 2)
+    assert joins[-1]["sites"][VICTIM] == {"rounds_done": 1, "caught_up": resumed == 2}
+    rounds = [r for r in server_log if r["event"] == "round"]
+    assert [r["round"] for r in rounds][-(ROUNDS - resumed):] == list(range(resumed, ROUNDS))
+    assert all(set(r["dropped"]) <= {VICTIM} for r in rounds)
+    assert [r["round"] for r in read_lines(results / VICTIM / LOG_FILE)] == sorted({0, *range(resumed, ROUNDS)})
+    last_round = rounds[-1]
+    assert last_round["aggregation_weights"] == pytest.approx(dict.fromkeys(CLIENTS, 1 / 3))
+    assert set(last_round["server_metrics"]) == set(CLIENTS)  # the discriminators trained on every site's steps
     server_manifest = read_lines(results / SERVER_FOLDER / MANIFEST_FILE)
+    compared = set(range(ROUNDS)) - {1}  # the crashed round's messages: on one side, or twice
     for site in CLIENTS:
         kit = kits / site / "startup"
         assert {"rootCA.pem", "client.crt", "client.key"} <= {p.name for p in kit.iterdir()}
-        (_, last) = read_lines(results / site / LOG_FILE)
-        assert last["round"] == 1 and 0.0 <= last["mean_val_dice"] <= 1.0 and "seg" in last["losses"]
-        assert second["clients"][site]["mean_val_dice"] == pytest.approx(last["mean_val_dice"])
+        last = read_lines(results / site / LOG_FILE)[-1]
+        assert last["round"] == ROUNDS - 1 and 0.0 <= last["mean_val_dice"] <= 1.0 and "seg" in last["losses"]
+        assert last_round["clients"][site]["mean_val_dice"] == pytest.approx(last["mean_val_dice"])
         state = load_plain(results / site / STATE_FILE)
-        assert state["rounds_done"] == 2 and state["last_val_loss"] == pytest.approx(last["val_loss"])
-        sent = read_lines(results / site / MANIFEST_FILE)  # what the client recorded sending and receiving
-        assert sent == [e for e in server_manifest if e["client"] == site]  # = what the server recorded
+        assert state["rounds_done"] == ROUNDS and state["last_val_loss"] == pytest.approx(last["val_loss"])
+        sent = [e for e in read_lines(results / site / MANIFEST_FILE) if e["round"] in compared]
+        assert sent == [e for e in server_manifest if e["client"] == site and e["round"] in compared]
         assert {e["kind"] for e in sent} == {"features", "gradient", "weights", "report", "ack"}
-        assert {(e["round"], e["step"]) for e in sent if e["kind"] == "gradient"} == {(0, 0), (0, 1), (1, 0), (1, 1)}
-        as_float32 = sum(e["bytes"] for e in sent if e["round"] == 1)
+        gradients = [(e["round"], e["step"]) for e in sent if e["kind"] == "gradient"]
+        # each step's two gradients (split 2 up, split 1 down) crossed once: no step was replayed
+        assert sorted(gradients) == sorted(2 * [(r, s) for r in compared for s in range(ITERATIONS)])
+        as_float32 = sum(e["bytes"] for e in sent if e["round"] == ROUNDS - 1)
         assert 0.45 < last["wire_bytes"] / as_float32 < 0.6  # float16 on the wire: about half
     server_state = load_plain(results / SERVER_FOLDER / STATE_FILE)["server"]
     for site in CLIENTS:  # the joined checkpoint carries each side's weights as that side saved them
