@@ -166,8 +166,9 @@ def train(
     run_folder = run_folder_for(results_root(results), plans_path, config, names)
     console = Console(highlight=False)
     if engine is Engine.flare_loopback or wire_dtype is WireDtype.float16:
-        _check_deployable(engine, resume, capture_round)
-        _print_summary(console, _train_deployed(plans_path, names, config, run_folder, wire_dtype, overwrite), fold)
+        _check_deployable(engine, capture_round)
+        summary = _train_deployed(plans_path, names, config, run_folder, wire_dtype, overwrite=overwrite, resume=resume)
+        _print_summary(console, summary, fold)
         return
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("eta"),
@@ -190,16 +191,16 @@ def _print_summary(console: Console, summary, fold: int) -> None:
                   f"(mucald_predict --run {run_name})")
 
 
-def _check_deployable(engine: Engine, resume: bool, capture_round: int | None) -> None:
+def _check_deployable(engine: Engine, capture_round: int | None) -> None:
     if engine is not Engine.flare_loopback:
         raise TrainingError("--wire-dtype float16 is a deployment setting. Fix: add --engine flare-loopback.")
-    if resume or capture_round is not None:
-        raise TrainingError("--engine flare-loopback does not resume or capture yet. Fix: drop --resume and "
-                            "--capture-round, or train in-process.")
+    if capture_round is not None:
+        raise TrainingError("--engine flare-loopback does not capture yet. Fix: drop --capture-round, or train "
+                            "in-process.")
 
 
 def _train_deployed(plans_path, names: list[str], config: TrainingConfig, run_folder: Path, wire_dtype: WireDtype,
-                    overwrite: bool):
+                    *, overwrite: bool, resume: bool):
     """Train through FLARE on loopback into ``<run name>__flare-loopback[__wire-float16]``."""
     try:
         from mucald_unet.deployment.loopback_run import train_on_loopback
@@ -210,7 +211,7 @@ def _train_deployed(plans_path, names: list[str], config: TrainingConfig, run_fo
     labels = [LOOPBACK_ENGINE] + (["wire-float16"] if wire_dtype is WireDtype.float16 else [])
     deployed_folder = run_folder.parent.parent / "__".join([run_folder.parent.name, *labels]) / run_folder.name
     return train_on_loopback(plans_path, names, config, deployed_folder, overwrite=overwrite,
-                             narrow_wire=wire_dtype is WireDtype.float16)
+                             narrow_wire=wire_dtype is WireDtype.float16, resume=resume)
 
 
 # the flag (its parameter name) that sets each setting a preset may name

@@ -33,27 +33,57 @@ FLARE_FOLDER = "flare"
 
 def train_on_loopback(plans_path: Path, clients: Sequence[str], config: TrainingConfig, run_folder: Path,
                       overwrite: bool = False, threads: int = 1, narrow_wire: bool = False,
-                      call_timeout: float = 600.0) -> TrainingSummary:
+                      call_timeout: float = 600.0, resume: bool = False) -> TrainingSummary:
     """``call_timeout``: seconds a step's message or a round phase may take; a site silent for longer
-    is dropped from that round."""
+    is dropped from that round. ``resume`` continues a run that stopped (every side from its own saved
+    state), with the settings it was started with."""
     run_folder = Path(run_folder)
-    if (run_folder / FINAL).is_file() and not overwrite:
-        raise TrainingError(f"{run_folder} already holds a run. Fix: add --overwrite to discard it and train "
-                            "again (a deployed run on loopback cannot be resumed yet).")
-    for stale in (SITES_FOLDER, FLARE_FOLDER):
-        shutil.rmtree(run_folder / stale, ignore_errors=True)
+    if resume and overwrite:
+        raise TrainingError("--resume and --overwrite contradict each other. Fix: give one of them.")
+    digest = plans_digest(load_plans(Path(plans_path)))
+    record = {"run_name": run_folder.parent.name, "training": config.to_dict(), "plans": str(plans_path),
+              "plans_digest": digest, "clients": list(clients), "engine": LOOPBACK_ENGINE, "flare_jobs": []}
+    if resume:
+        record["flare_jobs"] = _resumable(run_folder, record)
+    elif _holds_a_run(run_folder) and not overwrite:
+        raise TrainingError(f"{run_folder} already holds a run. Fix: add --resume to continue it (a stopped run), "
+                            "or --overwrite to discard it and train again.")
+    else:
+        shutil.rmtree(run_folder / SITES_FOLDER, ignore_errors=True)
+    shutil.rmtree(run_folder / FLARE_FOLDER, ignore_errors=True)  # FLARE is provisioned afresh for every run
     run_folder.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(run_folder / CONFIG_FILE, record)  # before training, so a crashed run can be resumed
     sites = run_folder / SITES_FOLDER
-    job = FlareJob(Path(plans_path), tuple(clients), config, sites, call_timeout, threads, narrow_wire)
-    statuses = run_on_loopback(job, run_folder / FLARE_FOLDER)
+    job = FlareJob(Path(plans_path), tuple(clients), config, sites, call_timeout, threads, narrow_wire, resume)
+    record["flare_jobs"] += run_on_loopback(job, run_folder / FLARE_FOLDER)  # more than one: a crash survived
     checkpoint = joined_checkpoint(plans_path, clients, config, sites)
-    write_json_atomic(run_folder / CONFIG_FILE, {"run_name": run_folder.parent.name, "training": config.to_dict(),
-                                                 "plans": str(plans_path), "plans_digest": checkpoint.plans_digest,
-                                                 "clients": list(clients), "engine": LOOPBACK_ENGINE,
-                                                 "flare_jobs": statuses})  # more than one: a crash was survived
+    write_json_atomic(run_folder / CONFIG_FILE, record)
     save_checkpoint(run_folder / FINAL, checkpoint)
     final = checkpoint.history[-1]
     return TrainingSummary(run_folder, checkpoint.rounds_done, final["per_client"], checkpoint.best_score)
+
+
+def _holds_a_run(run_folder: Path) -> bool:
+    """A finished run, or one that stopped after saving a round."""
+    return (run_folder / FINAL).is_file() or (run_folder / SITES_FOLDER / SERVER_FOLDER / STATE_FILE).is_file()
+
+
+def _resumable(run_folder: Path, record: dict) -> list[str]:
+    """The FLARE job statuses of the run to resume, or a TrainingError saying why it cannot be."""
+    config_path = run_folder / CONFIG_FILE
+    if not _holds_a_run(run_folder) or not config_path.is_file():
+        raise TrainingError(f"{run_folder}: no deployed run to resume (no saved server state). Fix: drop --resume "
+                            "to start this run, or repeat the flags of the run you meant.")
+    saved = json.loads(config_path.read_text())
+    saved_training = TrainingConfig.from_dict(saved["training"]).to_dict()  # settings added since: defaults
+    differing = [what for what, before, now in (("training settings", saved_training, record["training"]),
+                                                ("plans.json", saved.get("plans_digest"), record["plans_digest"]),
+                                                ("clients", saved.get("clients"), record["clients"]))
+                 if before != now]
+    if differing:
+        raise TrainingError(f"{config_path}: the run was started with other {' and '.join(differing)} than this "
+                            "command gives. Fix: resume with exactly the flags (-d list, plan) it was started with.")
+    return list(saved.get("flare_jobs", []))
 
 
 def joined_checkpoint(plans_path: Path, clients: Sequence[str], config: TrainingConfig, sites: Path) -> Checkpoint:

@@ -23,8 +23,10 @@ import torch
 from inference.model import load_client_model
 from mucald_unet.deployment.flare_apps import LOG_FILE, MANIFEST_FILE, SERVER_FOLDER, STATE_FILE
 from mucald_unet.deployment.loopback_run import FLARE_FOLDER, SITES_FOLDER, train_on_loopback
-from mucald_unet.training.checkpoint import FINAL, load_plain
+from mucald_unet.errors import TrainingError
+from mucald_unet.training.checkpoint import FINAL, load_plain, plans_digest
 from mucald_unet.training.trainer import CONFIG_FILE
+from planners.plans import load_plans
 from tests.conftest import CLIENTS
 from tests.mucald_unet.conftest import quick_config
 
@@ -120,3 +122,24 @@ def test_sites_as_separate_processes_over_mutual_tls_train_mucald_through_a_cras
         assert all(torch.equal(v, deployed[k]) for k, v in server_state["segments"][site].items())
     assert processes_under(workspace) == []
     assert home_settings() == settings_before  # FLARE's ~/.nvflare of the user is not touched
+
+
+def test_resuming_a_deployed_run_needs_that_run_and_its_settings(tiny_federation: Path, tmp_path: Path) -> None:
+    config = quick_config(method="mucald", rounds=2, iterations=2)
+    with pytest.raises(TrainingError, match="no deployed run to resume"):
+        train_on_loopback(tiny_federation, CLIENTS, config, tmp_path, resume=True)
+    with pytest.raises(TrainingError, match="contradict"):
+        train_on_loopback(tiny_federation, CLIENTS, config, tmp_path, resume=True, overwrite=True)
+    (tmp_path / SITES_FOLDER / SERVER_FOLDER).mkdir(parents=True)
+    (tmp_path / SITES_FOLDER / SERVER_FOLDER / STATE_FILE).write_bytes(b"saved")  # only its presence is read
+    started = {"training": quick_config(method="mucald", rounds=3, iterations=2).to_dict(),
+               "plans_digest": plans_digest(load_plans(tiny_federation)), "clients": list(CLIENTS)}
+    (tmp_path / CONFIG_FILE).write_text(json.dumps(started))
+    with pytest.raises(TrainingError, match=r"config.json: the run was started with other training settings"):
+        train_on_loopback(tiny_federation, CLIENTS, config, tmp_path, resume=True)
+    (tmp_path / CONFIG_FILE).write_text(json.dumps({**started, "training": config.to_dict(), "clients": CLIENTS[:2]}))
+    with pytest.raises(TrainingError, match="other clients than"):
+        train_on_loopback(tiny_federation, CLIENTS, config, tmp_path, resume=True)
+    with pytest.raises(TrainingError, match="already holds a run. Fix: add --resume"):  # a stopped run is kept
+        train_on_loopback(tiny_federation, CLIENTS, config, tmp_path)
+    assert not (tmp_path / FLARE_FOLDER).exists()  # refused before anything was provisioned
