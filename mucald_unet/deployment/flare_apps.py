@@ -72,6 +72,13 @@ def saved_rounds(folder: Path) -> int:
     return int(load_plain(path)["rounds_done"]) if path.is_file() else 0
 
 
+def drop_unsaved_records(folder: Path, next_round: int) -> None:
+    """Records of rounds from ``next_round`` on go: the job resuming there trains them again (a crash
+    after a round's records but before its state), as an in-process resume drops them."""
+    for record_file in (LOG_FILE, MANIFEST_FILE):
+        RunLog(Path(folder) / record_file).truncate_after_round(next_round - 1)
+
+
 class FlareServerApp:
     """The server site: ``handle`` answers every client's messages one at a time (the server's state is
     shared between clients), ``run`` drives join, roster and rounds."""
@@ -99,6 +106,7 @@ class FlareServerApp:
             state = load_plain(self.folder / STATE_FILE)
             self._runner.load_state_dict(state["server"])
             self._rounds_done = int(state["rounds_done"])
+            drop_unsaved_records(self.folder, self._rounds_done)
 
     @collab.publish
     def handle(self, blob: bytes) -> bytes:
@@ -210,6 +218,7 @@ class FlareClientApp:
         if behind:  # saved at once: a job with no rounds left ends with every site at the last round
             self._runner.catch_up(next_round)
             self._save_state(next_round)
+        drop_unsaved_records(self.folder, next_round)  # records of a round it missed stay: it took part
         return {"rounds_done": self._rounds_done, "caught_up": behind}
 
     @collab.publish

@@ -1,12 +1,13 @@
 """The deployment on one machine (``mucald_train --engine flare-loopback``): FLARE provisions a
 startup kit per site with mutual-TLS certificates, starts the server and every client as its own
-process on localhost, and mucald trains to completion with float16 on the wire, surviving the
-death of one site's job process after its first round: FLARE fails that job, the next one resumes
-every side from its saved state, and only the round the crash hit is trained again. Each side keeps
-its own records and both sides' manifests agree entry by entry (only features, gradients, weights and
-counts crossed); every process it started is gone afterwards, FLARE wrote only under the run folder,
-and the run folder's checkpoint (both sides' states joined) loads into the predictor like an
-in-process run's."""
+process on localhost, and mucald trains to completion with float16 on the wire, surviving the death
+of one site's job process after its first round and then of the server's job process: FLARE fails
+each of those jobs, the next one resumes every side from its saved state, a site that missed a round
+catches up, and only the rounds the crashes hit are trained again. Each side keeps its own records
+and both sides' manifests agree entry by entry outside the crashed rounds (only features, gradients,
+weights and counts crossed); every process it started is gone afterwards, FLARE wrote only under the
+run folder, and the run folder's checkpoint (both sides' states joined) loads into the predictor like
+an in-process run's."""
 
 from __future__ import annotations
 
@@ -46,38 +47,55 @@ def read_lines(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-ROUNDS, ITERATIONS = 3, 2
+ROUNDS, ITERATIONS = 4, 2
 VICTIM = CLIENTS[1]
 
 
-def kill_job_process_after_first_round(run_folder: Path, site: str, killed: list[int]) -> None:
-    """SIGKILL the site's FLARE job process (not its client parent) once it has saved round 0."""
-    state = run_folder / SITES_FOLDER / site / STATE_FILE
-    deadline = time.monotonic() + 600
-    while not state.is_file() and time.monotonic() < deadline:
-        time.sleep(0.02)
+def kill_job_process(site: str) -> list[int]:
+    """SIGKILL the FLARE job process of ``site`` ("server" or a client), not the site's parent."""
+    job_module = "runner_process" if site == SERVER_FOLDER else "worker_process"
+    killed = []
     for process in psutil.process_iter(["pid", "cmdline"]):
         args = process.info["cmdline"] or []
-        if any("worker_process" in a for a in args) and any(f"prod_00/{site}" in a for a in args):
+        if any(job_module in a for a in args) and any(a.endswith(f"prod_00/{site}") for a in args):
             process.kill()
             killed.append(process.pid)
+    return killed
 
 
-def test_sites_as_separate_processes_over_mutual_tls_train_mucald_through_a_crash(tiny_federation: Path,
+def wait_for(condition, seconds: float = 600.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+def crash_a_site_then_the_server(run_folder: Path, killed: list[int]) -> None:
+    """The victim's job process once it has saved round 0; then, in the next job, the server's job
+    process right after it saved a training phase (the sites are validating: they will catch up)."""
+    sites = run_folder / SITES_FOLDER
+    wait_for((sites / VICTIM / STATE_FILE).is_file)
+    killed += kill_job_process(VICTIM)
+    server_log, server_state = sites / SERVER_FOLDER / LOG_FILE, sites / SERVER_FOLDER / STATE_FILE
+    wait_for(lambda: server_log.is_file() and server_log.read_text().count('{"event":"join"') == 2)
+    saved_before = server_state.stat().st_mtime_ns
+    wait_for(lambda: server_state.stat().st_mtime_ns != saved_before)
+    killed += kill_job_process(SERVER_FOLDER)
+
+
+def test_sites_as_separate_processes_over_mutual_tls_train_mucald_through_crashes(tiny_federation: Path,
                                                                                   tmp_path: Path) -> None:
     settings_before = home_settings()
     killed: list[int] = []
-    killer = threading.Thread(target=kill_job_process_after_first_round, args=(tmp_path, VICTIM, killed), daemon=True)
+    killer = threading.Thread(target=crash_a_site_then_the_server, args=(tmp_path, killed), daemon=True)
     killer.start()
     summary = train_on_loopback(tiny_federation, CLIENTS, quick_config(method="mucald", rounds=ROUNDS,
                                                                         iterations=ITERATIONS),
                                 tmp_path, narrow_wire=True)
     killer.join(timeout=5)
     results, workspace = tmp_path / SITES_FOLDER, tmp_path / FLARE_FOLDER
-    assert len(killed) == 1 and summary.rounds_done == ROUNDS and set(summary.final_dice) == set(CLIENTS)
-    # the site's next call fails; our server drops it and ends the job, or FLARE fails the job first
-    (_, resumed_job) = json.loads((tmp_path / CONFIG_FILE).read_text())["flare_jobs"]
-    assert "COMPLETED" in resumed_job
+    assert len(killed) == 2 and summary.rounds_done == ROUNDS and set(summary.final_dice) == set(CLIENTS)
+    jobs = json.loads((tmp_path / CONFIG_FILE).read_text())["flare_jobs"]
+    assert len(jobs) == 3 and "COMPLETED" in jobs[-1]
 
     kits = next((workspace / "poc").glob("*/prod_00"))
     server_kit = kits / "server" / "startup"
@@ -87,21 +105,27 @@ def test_sites_as_separate_processes_over_mutual_tls_train_mucald_through_a_cras
     joins = [r for r in server_log if r["event"] == "join"]
     assert joins[0] == {"event": "join", "resumed_at": 0,
                         "sites": {site: {"rounds_done": 0, "caught_up": False} for site in CLIENTS}}
-    resumed = joins[-1]["resumed_at"]  # round 1, or 2 where the server closed round 1 without the site
-    assert len(joins) == 2 and resumed in (1, 2)
-    assert joins[-1]["sites"][VICTIM] == {"rounds_done": 1, "caught_up": resumed == 2}
+    # the site's crash: round 1 again, or 2 where our server closed round 1 without the site
+    (_, after_site, after_server) = (join["resumed_at"] for join in joins)
+    assert after_site in (1, 2) and after_site < after_server < ROUNDS
+    for join in joins:  # a site never runs ahead of the server; one behind takes the last averages
+        for site, joined in join["sites"].items():
+            assert joined["rounds_done"] <= join["resumed_at"]
+            assert joined["caught_up"] == (joined["rounds_done"] < join["resumed_at"])
+    assert any(joined["caught_up"] for joined in joins[-1]["sites"].values())  # the server died mid-validation
     rounds = [r for r in server_log if r["event"] == "round"]
-    assert [r["round"] for r in rounds][-(ROUNDS - resumed):] == list(range(resumed, ROUNDS))
+    assert [r["round"] for r in rounds][-(ROUNDS - after_server):] == list(range(after_server, ROUNDS))
     assert all(set(r["dropped"]) <= {VICTIM} for r in rounds)
-    assert [r["round"] for r in read_lines(results / VICTIM / LOG_FILE)] == sorted({0, *range(resumed, ROUNDS)})
     last_round = rounds[-1]
     assert last_round["aggregation_weights"] == pytest.approx(dict.fromkeys(CLIENTS, 1 / 3))
     assert set(last_round["server_metrics"]) == set(CLIENTS)  # the discriminators trained on every site's steps
     server_manifest = read_lines(results / SERVER_FOLDER / MANIFEST_FILE)
-    compared = set(range(ROUNDS)) - {1}  # the crashed round's messages: on one side, or twice
+    compared = set(range(ROUNDS)) - {1, after_server - 1}  # crashed rounds' messages: on one side only
     for site in CLIENTS:
         kit = kits / site / "startup"
         assert {"rootCA.pem", "client.crt", "client.key"} <= {p.name for p in kit.iterdir()}
+        logged = [r["round"] for r in read_lines(results / site / LOG_FILE)]
+        assert logged == sorted(set(logged)) and logged[0] == 0  # a round trained again is logged once
         last = read_lines(results / site / LOG_FILE)[-1]
         assert last["round"] == ROUNDS - 1 and 0.0 <= last["mean_val_dice"] <= 1.0 and "seg" in last["losses"]
         assert last_round["clients"][site]["mean_val_dice"] == pytest.approx(last["mean_val_dice"])
