@@ -101,7 +101,8 @@ def joined_checkpoint(plans_path: Path, clients: Sequence[str], config: Training
         # a site lost in a round has no record of it (NaN); one re-run after a restart keeps the last
         records = {name: {r["round"]: r for r in logs[name]}.get(round_index, {}) for name in clients}
         per_client = {name: r.get("mean_val_dice", float("nan")) for name, r in records.items()}
-        history.append({"round": round_index, "mean_val_dice": float(np.nanmean(list(per_client.values()))),
+        logged = [dice for dice in per_client.values() if not np.isnan(dice)]  # none: a crashed round
+        history.append({"round": round_index, "mean_val_dice": float(np.mean(logged)) if logged else float("nan"),
                         "val_loss": {name: r.get("val_loss", float("nan")) for name, r in records.items()},
                         "per_client": per_client})
     return Checkpoint(server["rounds_done"], config.to_dict(), plans_digest(load_plans(Path(plans_path))),
