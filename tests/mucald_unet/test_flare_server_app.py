@@ -1,0 +1,118 @@
+"""The FLARE server app's round logic without FLARE: its group calls answered by real client runners
+in this process. A site that fails in the middle of a round's training is dropped, the round is
+averaged over the others and recorded with the reason, and the job ends for the driver to resubmit;
+with fewer survivors than ``min_clients`` the run stops naming the lost site."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from mucald_unet.deployment.flare_apps import LOG_FILE, SERVER_FOLDER, STATE_FILE, FlareServerApp
+from mucald_unet.errors import TrainingError
+from mucald_unet.federation.messages import Message
+from mucald_unet.federation.transport import InMemoryTransport
+from mucald_unet.training.checkpoint import load_plain
+from mucald_unet.training.runners import ClientRunner, load_client_data
+from planners.plans import load_plans
+from tests.conftest import CLIENTS
+from tests.mucald_unet.conftest import quick_config
+
+VICTIM = CLIENTS[1]
+ROUNDS, ITERATIONS, FAILING_ROUND = 3, 2, 1
+
+
+class SiteLost(ConnectionError):
+    """What the victim's link raises once it is cut."""
+
+
+class CutLink:
+    """The victim's transport: it carries messages until the failing round's second step."""
+
+    def __init__(self, inner: InMemoryTransport) -> None:
+        self.inner = inner
+
+    def request(self, message: Message) -> Message:
+        if message.round == FAILING_ROUND and message.step >= 1:
+            raise SiteLost(f"link to {message.client} cut at round {message.round}, step {message.step}")
+        return self.inner.request(message)
+
+
+class GroupResults(list):
+    """A FLARE group call's answer: (site, result) pairs and the sites that failed, with why."""
+
+    def __init__(self, results: list, failures: dict) -> None:
+        super().__init__(results)
+        self.failures = failures
+
+
+class Group:
+    """``collab.get_clients(sites)(timeout=...)``: each method is called on every site in turn."""
+
+    def __init__(self, sites: list[str], runners: dict[str, ClientRunner]) -> None:
+        self.sites, self.runners = sites, runners
+
+    def _each(self, call) -> GroupResults:
+        results, failures = [], {}
+        for site in self.sites:
+            try:
+                results.append((site, call(self.runners[site])))
+            except SiteLost as lost:
+                failures[site] = lost
+        return GroupResults(results, failures)
+
+    def join(self, next_round: int) -> GroupResults:
+        return self._each(lambda runner: runner.join() or {"rounds_done": next_round, "caught_up": False})
+
+    def fetch_roster(self) -> GroupResults:
+        return self._each(lambda runner: runner.fetch_roster())
+
+    def train_round(self, round_index: int) -> GroupResults:
+        return self._each(lambda runner: runner.train_round(round_index))
+
+    def finish_round(self, round_index: int) -> GroupResults:
+        return self._each(lambda runner: {"mean_val_dice": runner.finish_round(round_index).mean_dice})
+
+
+def server_app_with_sites(plans_path: Path, results: Path, min_clients: int) -> FlareServerApp:
+    config = quick_config(method="mucald", rounds=ROUNDS, iterations=ITERATIONS)
+    app = FlareServerApp(str(plans_path), list(CLIENTS), config.to_dict(), str(results), min_clients=min_clients)
+    app.start()
+    plans = load_plans(plans_path)
+    link = InMemoryTransport(app._runner)
+    runners = {name: ClientRunner(name, plans, config, load_client_data(plans_path, plans, name, config),
+                                  CutLink(link) if name == VICTIM else link) for name in CLIENTS}
+    app._group = lambda sites: Group(sites, runners)  # in place of FLARE's group call
+    return app
+
+
+def test_a_site_lost_mid_round_is_dropped_and_the_round_averaged_over_the_others(tiny_federation: Path,
+                                                                                tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    app = server_app_with_sites(tiny_federation, tmp_path, min_clients=2)
+    history = app.run()
+
+    assert [r["round"] for r in history] == [0, FAILING_ROUND]  # the job ends after the round with a drop
+    survivors = [c for c in CLIENTS if c != VICTIM]
+    lost = history[-1]
+    assert list(lost["dropped"]) == [VICTIM] and "cut at round 1, step 1" in lost["dropped"][VICTIM]
+    assert lost["aggregation_weights"] == pytest.approx(dict.fromkeys(survivors, 0.5))
+    assert sorted(lost["clients"]) == survivors and history[0]["dropped"] == {}
+    assert load_plain(tmp_path / SERVER_FOLDER / STATE_FILE)["rounds_done"] == FAILING_ROUND + 1
+    logged = [json.loads(line) for line in (tmp_path / SERVER_FOLDER / LOG_FILE).read_text().splitlines()]
+    assert [r.get("round") for r in logged] == [None, 0, FAILING_ROUND]  # the join, then both rounds
+    server = app._runner.server
+    assert server.dropped == {VICTIM} and server._pending == {} and server._backward_done == {}
+
+
+def test_fewer_survivors_than_min_clients_stop_the_run_naming_the_lost_site(tiny_federation: Path,
+                                                                            tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    app = server_app_with_sites(tiny_federation, tmp_path, min_clients=len(CLIENTS))
+    with pytest.raises(TrainingError, match=rf"round 1: only 2 site\(s\) finished training, fewer than the 3 "
+                                            rf"required; lost: .*{VICTIM}"):
+        app.run()
+    assert load_plain(tmp_path / SERVER_FOLDER / STATE_FILE)["rounds_done"] == 1  # round 0 stays saved
