@@ -7,12 +7,12 @@ by its dataset (``Dataset002_DemoLungCT``) and reads only its own cases. Each si
 records under ``results``: ``server/`` and ``<site>/`` (log, manifest of what it sent and received,
 state after the last finished round).
 
-A site lost mid-round (its process killed, its machine gone) fails its phase of the round; the
-server drops it, the round completes over the clients that reported (FedAvg over the reporters),
-and the job ends after that round so that the run's driver submits the next job with ``resume``:
-every site then starts from its own state, and a site that missed rounds first fetches the latest
-averages (it rejoins at the next round). FLARE's job must therefore allow fewer live sites than
-sites (``min_clients``), or it aborts the whole job on the first loss.
+A site whose call fails or times out mid-round is dropped: the round completes over the clients
+that reported (FedAvg over the reporters) and the job ends after it, so that the run's driver
+submits the next job with ``resume``: every side starts from its own saved state, and a site that
+missed rounds first fetches the latest averages. A site whose job process dies makes FLARE fail the
+whole job instead (no setting changes that); the driver resubmits it the same way, and the round
+the crash hit is trained again.
 
 Constructor arguments are plain values (paths as text, the training config as a dict): FLARE writes
 them into the job's configuration and builds the objects again in each site's process.

@@ -123,7 +123,9 @@ def _run_job(recipe: CollabRecipe, env, timeout: float) -> str:
     """Submit, wait, and return FLARE's final status. Through the environment, not ``Run.get_result``,
     which stops the POC services after the job, and the next job needs them."""
     job_id = recipe.run(env).get_job_id()
-    env.get_job_result(job_id, timeout=timeout)
+    if env.get_job_result(job_id, timeout=timeout) is None:  # still running (the caller stops the services)
+        raise TrainingError(f"the FLARE job {job_id} did not finish within {timeout:g} s. Fix: give the run more "
+                            "time, or read the site logs for a site that stopped answering.")
     return str(env.get_job_status(job_id))
 
 

@@ -1,11 +1,13 @@
 """The FLARE apps' pieces that need no running FLARE: a failed group call stops the run naming each
-failed site and why, and each site's seed is fixed by --seed and its name but differs between sites."""
+failed site and why, each site's seed is fixed by --seed and its name but differs between sites, and
+the driver refuses to go on past a job that has not finished in its time."""
 
 from __future__ import annotations
 
 import pytest
 
 from mucald_unet.deployment.flare_apps import _completed, site_seed
+from mucald_unet.deployment.flare_job import _run_job
 from mucald_unet.errors import TrainingError
 
 
@@ -31,3 +33,23 @@ def test_site_seeds_follow_the_run_seed_and_differ_between_sites() -> None:
     assert site_seed(0, "Dataset001_A") == site_seed(0, "Dataset001_A")
     assert len({site_seed(0, "Dataset001_A"), site_seed(0, "Dataset002_B"), site_seed(1, "Dataset001_A")}) == 3
     assert 0 <= site_seed(7, "Dataset001_A") < 2 ** 32  # numpy's and random's seed range
+
+
+class StillRunning:
+    """An execution environment whose job never finishes in the time given."""
+
+    def get_job_result(self, job_id: str, timeout: float) -> None:
+        return None  # what FLARE's session manager answers on a timeout
+
+    def get_job_status(self, job_id: str) -> str:
+        return "RUNNING"
+
+
+class Submitted:
+    def run(self, env):
+        return type("Run", (), {"get_job_id": lambda self: "job-1"})()
+
+
+def test_a_job_not_finished_in_time_stops_the_driver_instead_of_counting_as_ended() -> None:
+    with pytest.raises(TrainingError, match="the FLARE job job-1 did not finish within 5 s"):
+        _run_job(Submitted(), StillRunning(), timeout=5.0)
