@@ -79,6 +79,11 @@ class SegmentStrategy(ABC):
         """Whether the SS tensor under canonical ``key`` stays with its client."""
         return self.config.local_norms and is_norm_key(key)
 
+    def reporters(self, weights: Mapping[str, float]) -> list[str]:
+        """The clients that reported the round (those ``weights`` names), in roster order; a client
+        that dropped out before reporting has no weight."""
+        return [c for c in self.context.clients if c in weights]
+
     def shared_keys(self) -> frozenset[str]:
         """Every SS state key (aliases included) that round-end averaging overwrites."""
         return frozenset(k for k, name in self.canonical.items() if not self.is_personal(name))

@@ -25,7 +25,7 @@ class FedAvg(SegmentStrategy):
                   weights: Mapping[str, float]) -> None:
         """The mean over the clients in ``weights`` (those that reported the round); every client's
         copy, a dropped one's too, takes the result, so a client that rejoins starts from it."""
-        reporters = [c for c in self.context.clients if c in weights]
+        reporters = self.reporters(weights)
         averaged = weighted_average([segments[c].state_dict() for c in reporters], [weights[c] for c in reporters])
         global_segment.load_state_dict(averaged)
         shared_keys = self.shared_keys()

@@ -96,7 +96,7 @@ class Mocha(SegmentStrategy):
         flat = torch.stack([torch.cat([self.columns[c][k].flatten().double() for k in keys]) for c in clients])
         self.omega = task_relationship(flat @ flat.T)
         self.precision, self._couplings = self._couplings_of_columns()
-        reporters = [c for c in clients if c in weights]
+        reporters = self.reporters(weights)
         global_segment.load_state_dict(weighted_average([segments[c].state_dict() for c in reporters],
                                                         [weights[c] for c in reporters]))
 

@@ -47,7 +47,7 @@ class Scaffold(FedAvg):
 
     def aggregate(self, segments: Mapping[str, nn.Module], global_segment: nn.Module,
                   weights: Mapping[str, float]) -> None:
-        reporters = [c for c in self.context.clients if c in weights]  # a dropped client's partial round is discarded
+        reporters = self.reporters(weights)  # a dropped client's partial round is discarded
         total = sum(weights[c] for c in reporters)
         with torch.no_grad():
             for client in reporters:
