@@ -63,7 +63,12 @@ def flare_recipe(job: FlareJob) -> CollabRecipe:
                             job.narrow_wire, job.resume)
     recipe = CollabRecipe(job_name=JOB_NAME, server=server, client=client, min_clients=job.min_clients,
                           sync_task_timeout=job.call_timeout)
-    recipe._job.set_app_packages(INSTALLED_PACKAGES)  # CollabRecipe exposes its FedJob only as ``_job``
+    fed_job = recipe._job  # CollabRecipe exposes its FedJob only as ``_job``
+    fed_job.set_app_packages(INSTALLED_PACKAGES)
+    # FLARE deploys "@ALL" to the sites online at scheduling time; a site still registering (seen on a
+    # loaded machine: one second late) would be left out and our server would fail on the missing site.
+    # Mandatory clients make the scheduler hold the job until every site is connected.
+    fed_job.job.mandatory_clients = list(job.clients)
     return recipe
 
 

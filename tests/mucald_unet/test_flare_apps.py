@@ -1,13 +1,18 @@
 """The FLARE apps' pieces that need no running FLARE: a failed group call stops the run naming each
-failed site and why, each site's seed is fixed by --seed and its name but differs between sites, and
-the driver refuses to go on past a job that has not finished in its time."""
+failed site and why, each site's seed is fixed by --seed and its name but differs between sites, the
+job waits for every site to be connected, and the driver refuses to go on past a job that has not
+finished in its time."""
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import pytest
 
 from mucald_unet.deployment.flare_apps import _completed, site_seed
-from mucald_unet.deployment.flare_job import _run_job
+from mucald_unet.config import TrainingConfig
+from mucald_unet.deployment.flare_job import JOB_NAME, FlareJob, _run_job, flare_recipe
 from mucald_unet.errors import TrainingError
 
 
@@ -53,3 +58,13 @@ class Submitted:
 def test_a_job_not_finished_in_time_stops_the_driver_instead_of_counting_as_ended() -> None:
     with pytest.raises(TrainingError, match="the FLARE job job-1 did not finish within 5 s"):
         _run_job(Submitted(), StillRunning(), timeout=5.0)
+
+
+def test_the_job_names_every_site_as_mandatory_so_flare_holds_it_until_all_are_connected(tmp_path: Path) -> None:
+    """FLARE deploys "@ALL" to the sites online when it schedules; without this a site one second late
+    to register was left out of the first job and the server failed on the missing site (seen in CI)."""
+    job = FlareJob(tmp_path / "plans.json", ("Dataset001_A", "Dataset002_B"), TrainingConfig(), tmp_path / "results")
+    flare_recipe(job).export(str(tmp_path / "exported"))
+    meta = json.loads((tmp_path / "exported" / JOB_NAME / "meta.json").read_text())
+    assert meta["mandatory_clients"] == ["Dataset001_A", "Dataset002_B"]
+    assert meta["deploy_map"] == {"app": ["@ALL"]}
