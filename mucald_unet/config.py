@@ -61,6 +61,7 @@ class DefenceKind(str, Enum):
     NONE = "none"
     GAUSSIAN = "gaussian"  # N(0, strength^2) added to what crosses split 1 (training and prediction)
     NOPEEK = "nopeek"  # + strength x distance correlation(image tiles, split-1 feature tiles) in the loss
+    QUANTISE = "quantise"  # what crosses split 1 keeps 2**strength levels per sample and channel
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,9 @@ class DefenceConfig:
     def __post_init__(self) -> None:
         if self.strength < 0 or (self.kind is not DefenceKind.NONE and self.strength == 0):
             raise TrainingError(f"defence strength must be > 0 (got {self.strength}). Fix: e.g. --defence gaussian:0.5.")
+        if self.kind is DefenceKind.QUANTISE and not (self.strength == int(self.strength) and 1 <= self.strength <= 16):
+            raise TrainingError(f"quantise takes a whole number of bits from 1 to 16 (got {self.strength:g}). "
+                                "Fix: e.g. --defence quantise:4.")
 
     @property
     def active(self) -> bool:
@@ -90,17 +94,21 @@ class DefenceConfig:
     def nopeek_weight(self) -> float:
         return self.strength if self.kind is DefenceKind.NOPEEK else 0.0
 
+    @property
+    def quantisation_bits(self) -> int:
+        return int(self.strength) if self.kind is DefenceKind.QUANTISE else 0
+
     @classmethod
     def parse(cls, text: str | None) -> "DefenceConfig":
-        """``"gaussian:0.5"`` / ``"nopeek:0.1"`` / None."""
+        """``"gaussian:0.5"`` / ``"nopeek:0.1"`` / ``"quantise:4"`` / None."""
         if not text or text == DefenceKind.NONE.value:
             return cls()
         kind, _, value = text.partition(":")
         try:
             return cls(DefenceKind(kind.strip()), float(value))
         except ValueError:
-            raise TrainingError(f"--defence {text!r} is not KIND:STRENGTH. Fix: use gaussian:SIGMA or "
-                                "nopeek:WEIGHT, e.g. --defence gaussian:0.5.") from None
+            raise TrainingError(f"--defence {text!r} is not KIND:STRENGTH. Fix: use gaussian:SIGMA, "
+                                "nopeek:WEIGHT or quantise:BITS, e.g. --defence gaussian:0.5.") from None
 
 
 @dataclass(frozen=True)

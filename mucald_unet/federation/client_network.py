@@ -18,6 +18,7 @@ from mucald_unet.crdm.causal_latent import NodeGraph
 from mucald_unet.crdm.noise_schedule import NoiseSchedule
 from mucald_unet.crdm.split_point import CausalDiffusionSplit, SplitOptions, SplitResult
 from mucald_unet.defences.gaussian import BoundaryNoise
+from mucald_unet.defences.quantisation import BoundaryQuantiser
 from mucald_unet.networks.mixture import MixtureWeights
 from mucald_unet.networks.segments import build_back_end, build_front_end
 from planners.plans import ClientPlan, FederationPlan
@@ -33,6 +34,7 @@ class ClientNetwork(nn.Module):
         self.front_end = build_front_end(federation, plan)
         self.back_end = build_back_end(federation, plan)
         self.boundary_noise = BoundaryNoise(config.defence.gaussian_sigma)
+        self.boundary_quantiser = BoundaryQuantiser(config.defence.quantisation_bits)
         self.splits = nn.ModuleDict()
         if config.uses_crdm:
             options = split_options(federation, config)
@@ -67,9 +69,10 @@ class ClientNetwork(nn.Module):
 
     def head(self, images: Tensor, proxies: Tensor | None = None, mask: Tensor | None = None,
              noise_generator: torch.Generator | None = None) -> SplitResult:
-        """What crosses split 1: FE -> CRDM1 -> the Gaussian defence (if any), with CRDM1's losses."""
+        """What crosses split 1: FE -> CRDM1 -> the Gaussian or quantisation defence (if any), with
+        CRDM1's losses."""
         result = self.through_split("crdm1", self.front_end(images), proxies, mask, noise_generator)
-        result.features = self.boundary_noise(result.features, noise_generator)
+        result.features = self.boundary_quantiser(self.boundary_noise(result.features, noise_generator))
         return result
 
     def segment(self, images: Tensor, middle: Middle, noise_generator: torch.Generator | None = None) -> Tensor:

@@ -1,4 +1,5 @@
-"""Baseline defences: distance correlation against dcor, NoPeek tiles, Gaussian noise at split 1."""
+"""Defences at split 1: distance correlation against dcor, NoPeek tiles, Gaussian noise, and
+quantisation (few levels cross, gradients pass straight through, in training and prediction)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import torch
 from mucald_unet.config import DefenceConfig, DefenceKind, Method, TrainingConfig
 from mucald_unet.defences.distance_correlation import distance_correlation, u_distance_correlation_sqr
 from mucald_unet.defences.nopeek import nopeek_loss, tiles
+from mucald_unet.defences.quantisation import BoundaryQuantiser
 from mucald_unet.errors import TrainingError
 from mucald_unet.training.trainer import LOG_FILE, FederatedTrainer, run_folder_for
 from tests.conftest import CLIENTS
@@ -64,6 +66,30 @@ def test_defence_parsing_names_and_round_trips() -> None:
     for bad in ("gaussian", "laplace:1", "gaussian:-1", "nopeek:x"):
         with pytest.raises(TrainingError, match="--defence|strength"):
             DefenceConfig.parse(bad)
+    assert DefenceConfig.parse("quantise:4").quantisation_bits == 4
+    assert TrainingConfig(defence=DefenceConfig.parse("quantise:4")).run_name.endswith("__quantise-4")
+    for bad in ("quantise:2.5", "quantise:17"):
+        with pytest.raises(TrainingError, match="whole number of bits from 1 to 16"):
+            DefenceConfig.parse(bad)
+
+
+@pytest.mark.parametrize("bits", [1, 2, 4])
+def test_quantisation_keeps_two_to_the_bits_levels_per_sample_and_channel_and_passes_gradients(bits: int) -> None:
+    features = (torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(bits)) * 5).requires_grad_(True)
+    quantised = BoundaryQuantiser(bits)(features)
+    assert quantised.shape == features.shape
+    for sample in range(2):
+        for channel in range(3):
+            row, original = quantised[sample, channel].detach(), features[sample, channel].detach()
+            step = float(original.max() - original.min()) / (2 ** bits - 1)
+            assert 2 <= len(torch.unique(row)) <= 2 ** bits
+            assert float((row - original).abs().max()) <= step + 1e-5  # each value moves less than a level
+    weights = torch.randn(features.shape)
+    (quantised * weights).sum().backward()
+    assert torch.equal(features.grad, weights)  # straight through: the client's gradients are untouched
+    assert torch.equal(BoundaryQuantiser(0)(features), features)
+    with pytest.raises(ValueError, match="1 to 16 bits"):
+        BoundaryQuantiser(17)
 
 
 def test_gaussian_defence_adds_noise_of_sigma_to_what_crosses_in_training_and_prediction(
@@ -86,3 +112,22 @@ def test_nopeek_training_logs_its_term_and_lands_in_its_own_run_folder(tiny_fede
     assert folder.parent.name.startswith("splitfed__nopeek-0.5__")  # then the short test budget
     records = [json.loads(line) for line in (folder / LOG_FILE).read_text().splitlines()]
     assert all(np.isfinite(r["losses"]["nopeek"]) for r in records)
+
+
+def test_quantisation_defence_shapes_what_crosses_in_training_and_prediction(tiny_federation: Path,
+                                                                             tmp_path: Path) -> None:
+    config = quick_config(method="splitfed", defence=DefenceConfig.parse("quantise:2"))
+    folder = run_folder_for(tmp_path, tiny_federation, config)
+    run = FederatedTrainer(tiny_federation, CLIENTS, config, folder)
+    network = run.clients[0].network
+    images = torch.randn(2, 3, *run.clients[0].plan.patch_size)
+    for mode in (network.train, network.eval):
+        mode()
+        with torch.no_grad():
+            crossing = network.head(images).features
+        levels = [len(torch.unique(crossing[b, c])) for b in range(2) for c in range(crossing.shape[1])]
+        assert max(levels) <= 4 and min(levels) >= 2
+    run.run()
+    assert folder.parent.name.startswith("splitfed__quantise-2__")
+    records = [json.loads(line) for line in (folder / LOG_FILE).read_text().splitlines()]
+    assert all(np.isfinite(r["losses"]["seg"]) for r in records)
