@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from mucald_unet.training.augmentation import AugmentationConfig
+from mucald_unet.defences.quantisation import MAX_BITS
 from mucald_unet.errors import TrainingError
 from mucald_unet.federation.strategies import MethodSpec, method_names, method_spec
 from mucald_unet.federation.strategies.registry import CRDM, DACA
@@ -74,8 +75,9 @@ class DefenceConfig:
     def __post_init__(self) -> None:
         if self.strength < 0 or (self.kind is not DefenceKind.NONE and self.strength == 0):
             raise TrainingError(f"defence strength must be > 0 (got {self.strength}). Fix: e.g. --defence gaussian:0.5.")
-        if self.kind is DefenceKind.QUANTISE and not (self.strength == int(self.strength) and 1 <= self.strength <= 16):
-            raise TrainingError(f"quantise takes a whole number of bits from 1 to 16 (got {self.strength:g}). "
+        if self.kind is DefenceKind.QUANTISE and not (self.strength == int(self.strength) and
+                                                      1 <= self.strength <= MAX_BITS):
+            raise TrainingError(f"quantise takes a whole number of bits from 1 to {MAX_BITS} (got {self.strength:g}). "
                                 "Fix: e.g. --defence quantise:4.")
 
     @property

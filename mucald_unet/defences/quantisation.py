@@ -30,7 +30,9 @@ class BoundaryQuantiser(nn.Module):
         rows = features.reshape(features.shape[0] * features.shape[1], -1)
         low, high = rows.detach().amin(dim=1), rows.detach().amax(dim=1)
         top = 2 ** self.bits - 1
-        scale = ((high - low) / top).float().clamp_min(torch.finfo(torch.float32).tiny)
+        constant = high == low  # one level already; quantising it would snap the value to the grid's zero
+        scale = torch.where(constant, 1.0, (high - low) / top).float()
         zero_point = torch.round(-low / scale).clamp(0, top).to(torch.int32)
         quantised = torch.fake_quantize_per_channel_affine(rows.float(), scale, zero_point, 0, 0, top)
-        return quantised.to(features.dtype).reshape(features.shape)
+        quantised = torch.where(constant[:, None], rows, quantised.to(features.dtype))
+        return quantised.reshape(features.shape)

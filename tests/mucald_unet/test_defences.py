@@ -88,21 +88,29 @@ def test_quantisation_keeps_two_to_the_bits_levels_per_sample_and_channel_and_pa
     (quantised * weights).sum().backward()
     assert torch.equal(features.grad, weights)  # straight through: the client's gradients are untouched
     assert torch.equal(BoundaryQuantiser(0)(features), features)
+    constant = torch.full((1, 2, 4, 4), 5.0)
+    assert torch.equal(BoundaryQuantiser(bits)(constant), constant)  # a flat channel keeps its value
     with pytest.raises(ValueError, match="1 to 16 bits"):
         BoundaryQuantiser(17)
+
+
+def split1_in_both_modes(run: FederatedTrainer) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(what crosses split 1, the FE's features) for one batch, in training and in eval mode."""
+    network = run.clients[0].network
+    images = torch.randn(2, 3, *run.clients[0].plan.patch_size)
+    pairs = []
+    for mode in (network.train, network.eval):
+        mode()
+        with torch.no_grad():
+            pairs.append((network.head(images).features, network.front_end(images)))
+    return pairs
 
 
 def test_gaussian_defence_adds_noise_of_sigma_to_what_crosses_in_training_and_prediction(
         tiny_federation: Path, tmp_path: Path) -> None:
     config = quick_config(method="splitfed", defence=DefenceConfig.parse("gaussian:0.5"))
-    run = FederatedTrainer(tiny_federation, CLIENTS, config, tmp_path)
-    network = run.clients[0].network
-    images = torch.randn(2, 3, *run.clients[0].plan.patch_size)
-    for mode in (network.train, network.eval):
-        mode()
-        with torch.no_grad():
-            difference = network.head(images).features - network.front_end(images)
-        assert float(difference.std()) == pytest.approx(0.5, rel=0.05)
+    for crossing, features in split1_in_both_modes(FederatedTrainer(tiny_federation, CLIENTS, config, tmp_path)):
+        assert float((crossing - features).std()) == pytest.approx(0.5, rel=0.05)
 
 
 def test_nopeek_training_logs_its_term_and_lands_in_its_own_run_folder(tiny_federation: Path, tmp_path: Path) -> None:
@@ -119,12 +127,7 @@ def test_quantisation_defence_shapes_what_crosses_in_training_and_prediction(tin
     config = quick_config(method="splitfed", defence=DefenceConfig.parse("quantise:2"))
     folder = run_folder_for(tmp_path, tiny_federation, config)
     run = FederatedTrainer(tiny_federation, CLIENTS, config, folder)
-    network = run.clients[0].network
-    images = torch.randn(2, 3, *run.clients[0].plan.patch_size)
-    for mode in (network.train, network.eval):
-        mode()
-        with torch.no_grad():
-            crossing = network.head(images).features
+    for crossing, _ in split1_in_both_modes(run):
         levels = [len(torch.unique(crossing[b, c])) for b in range(2) for c in range(crossing.shape[1])]
         assert max(levels) <= 4 and min(levels) >= 2
     run.run()
