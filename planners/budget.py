@@ -2,7 +2,9 @@
 
 Both are static estimates from the topology, as nnU-Net estimates VRAM: sums over the planned
 convolutions of the feature maps they produce. The network is FE (two convolutions at full
-resolution) -> server U-Net body -> BE (one convolution and a 1x1 head).
+resolution) -> server U-Net body -> BE (one convolution and a 1x1 head); at cut depth K the
+client also runs the body's first K encoder and decoder stages, and the server's first stage
+starts at the resolution of the cut.
 """
 
 from __future__ import annotations
@@ -48,37 +50,56 @@ class Preset:
 class SampleCost:
     forward_flops: float
     activation_bytes: float
+    client_forward_flops: float = 0.0  # the client's share: FE, BE and the stages above the cut
+    client_activation_bytes: float = 0.0
+
+    @property
+    def client_compute_share(self) -> float:
+        return self.client_forward_flops / self.forward_flops if self.forward_flops else 0.0
 
 
 def sample_cost(patch: tuple[int, ...], topology: Topology, in_channels: int, num_classes: int,
-                split_channels: int) -> SampleCost:
-    """Forward FLOPs and stored feature-map bytes of one sample through FE, server body and BE."""
-    flops = 0.0
-    values = 0.0
+                split_channels: int, cut_depth: int = 0) -> SampleCost:
+    """Forward FLOPs and stored feature-map bytes of one sample through FE, server body and BE,
+    with the client's share when it runs the first ``cut_depth`` stages (encoder and decoder)."""
+    flops = values = client_flops = client_values = 0.0
 
-    def conv(voxels: float, kernel: tuple[int, ...], c_in: int, c_out: int) -> None:
-        nonlocal flops, values
-        flops += 2.0 * math.prod(kernel) * c_in * c_out * voxels
-        values += TENSORS_PER_CONV * c_out * voxels
+    def conv(voxels: float, kernel: tuple[int, ...], c_in: int, c_out: int, client: bool) -> None:
+        nonlocal flops, values, client_flops, client_values
+        conv_flops, conv_values = 2.0 * math.prod(kernel) * c_in * c_out * voxels, TENSORS_PER_CONV * c_out * voxels
+        flops += conv_flops
+        values += conv_values
+        if client:
+            client_flops += conv_flops
+            client_values += conv_values
 
     full = float(math.prod(patch))
     dims = len(patch)
     three = (3,) * dims
-    conv(full, three, in_channels, split_channels)  # FE
-    conv(full, three, split_channels, split_channels)
+    conv(full, three, in_channels, split_channels, True)  # FE
+    conv(full, three, split_channels, split_channels, True)
     size = list(patch)
     previous = split_channels
+    crossing = split_channels
     for stage, (kernel, stride, width) in enumerate(zip(topology.kernel_sizes, topology.strides,
                                                         topology.filters)):
         size = [math.ceil(s / st) for s, st in zip(size, stride)]
         voxels = float(math.prod(size))
-        conv(voxels, kernel, previous, width)  # encoder block
-        conv(voxels, kernel, width, width)
+        client = stage < cut_depth
+        if stage > 0 and stage <= cut_depth:  # a client encoder stage
+            conv(voxels, kernel, previous, width, True)
+            conv(voxels, kernel, width, width, True)
+            previous = crossing = width
+        if stage >= cut_depth:  # a server encoder stage (its first one at the resolution of the cut)
+            conv(voxels, kernel, previous, width, False)
+            conv(voxels, kernel, width, width, False)
         if stage < len(topology.filters) - 1:  # decoder block on the skip + upsampled features
-            conv(voxels, kernel, 2 * width, width)
-            conv(voxels, kernel, width, width)
+            conv(voxels, kernel, 2 * width, width, client)
+            conv(voxels, kernel, width, width, client)
+        if stage == cut_depth:
+            crossing_voxels = voxels
         previous = width
-    conv(full, (1,) * dims, topology.filters[0], split_channels)  # server output projection
-    conv(full, three, split_channels, split_channels)  # BE
-    conv(full, (1,) * dims, split_channels, num_classes)
-    return SampleCost(flops, values * BYTES_PER_VALUE)
+    conv(crossing_voxels, (1,) * dims, topology.filters[cut_depth], crossing, False)  # server output projection
+    conv(full, three, split_channels, split_channels, True)  # BE
+    conv(full, (1,) * dims, split_channels, num_classes, True)
+    return SampleCost(flops, values * BYTES_PER_VALUE, client_flops, client_values * BYTES_PER_VALUE)

@@ -14,8 +14,9 @@ import numpy as np
 from planners.budget import Preset, sample_cost
 from planners.errors import PlanError
 from planners.fingerprint import DatasetFingerprint
-from planners.plans import (SCHEMA_VERSION, CausalGraphPlan, CausalNodesPlan, ClientPlan, DiffusionPlan,
-                            FederationPlan, NetworkTopologyPlan, Plans)
+from planners.plans import (MIN_SERVER_STAGES, SCHEMA_VERSION, CausalGraphPlan, CausalNodesPlan, ClientPlan,
+                            CrossingPlan, DiffusionPlan, FederationPlan, NetworkTopologyPlan, Plans, cut_channels,
+                            cut_pooling, max_cut_depth)
 from planners.topology import MIN_FEATURE_MAP, Topology, fit_to_divisor, pooling_topology
 from preprocessing.dataset_json import DatasetSpec
 from preprocessing.normalization import CTNormalization, RGBTo01Normalization, ZScoreNormalization
@@ -44,8 +45,13 @@ class PlannerConfig:
     # Width of what crosses each split, of FE/BE and of the server's first stage: nnU-Net's base
     # 32 on every target (16 learned measurably less per iteration on CPU, docs/training_recipe.md).
     split_channels: int = 32
+    # How many of the body's first stages the client runs (0: the cut sits after FE, at full
+    # resolution); deeper cuts send coarser, wider features (docs/privacy.md).
+    cut_depth: int = 0
 
     def __post_init__(self) -> None:
+        if self.cut_depth < 0:
+            raise PlanError(f"cut depth {self.cut_depth} is negative. Fix: use --cut-depth 0 or more.")
         if self.split_channels < 4:
             raise PlanError(f"split width {self.split_channels} is too narrow. Fix: use --split-width 4 or more "
                             "(32 is nnU-Net's base width).")
@@ -169,7 +175,14 @@ def shared_topology(offers: list[SiteOffer], config: PlannerConfig, dims: int) -
     """At the server: one server segment for all, planned for the median spacing and the smallest patch."""
     reference_spacing = tuple(np.median([offer.patch_spacing for offer in offers], axis=0))
     reference_patch = tuple(np.min([offer.patch for offer in offers], axis=0))
-    return pooling_topology(reference_spacing, reference_patch, config.split_channels, config.max_filters(dims))
+    topology = pooling_topology(reference_spacing, reference_patch, config.split_channels, config.max_filters(dims))
+    deepest = max_cut_depth(topology.strides)
+    if config.cut_depth > deepest:
+        raise PlanError(f"--cut-depth {config.cut_depth} is too deep for this federation: its shared topology has "
+                        f"{len(topology.strides)} stages for the patch {_fmt(reference_patch)}, and the server keeps "
+                        f"at least {MIN_SERVER_STAGES}. Fix: use --cut-depth {deepest} or less, or raise the "
+                        "budget (--target gpu) for larger patches.")
+    return topology
 
 
 def site_plan(facts: ClientFacts, proposal: SiteProposal, topology: Topology, config: PlannerConfig,
@@ -180,10 +193,34 @@ def site_plan(facts: ClientFacts, proposal: SiteProposal, topology: Topology, co
     patch = fit_to_divisor(resolution.patch, topology.divisor, shape_view)
     batch, batch_note = _batch_size(patch, topology, facts, config, num_clients,
                                     _resampled_voxels(facts.fingerprint, resolution.spacing))
+    crossing = crossing_plan(patch, _view(resolution.spacing, slice_axis), topology, facts, config)
     notes = (resolution.note, _patch_note(resolution.patch, patch, shape_view), batch_note,
              f"widths: front and back end {config.split_channels}, split {config.split_channels} "
-             f"channels ({config.preset.target} preset)")
-    return _client_plan(facts, config, resolution.spacing, resolution.shape, slice_axis, patch, batch, notes)
+             f"channels ({config.preset.target} preset)", _crossing_note(crossing, config.cut_depth))
+    return _client_plan(facts, config, resolution.spacing, resolution.shape, slice_axis, patch, batch, notes,
+                        crossing)
+
+
+def crossing_plan(patch: tuple[int, ...], spacing: tuple[float, ...], topology: Topology, facts: ClientFacts,
+                  config: PlannerConfig) -> CrossingPlan:
+    """What one sample sends at each split at the planned cut, and the client's share of the work."""
+    depth = config.cut_depth
+    pooling = cut_pooling(topology.strides, depth)
+    channels = cut_channels(topology.filters, config.split_channels, depth)
+    cost = sample_cost(patch, topology, facts.spec.num_channels, len(facts.spec.labels), config.split_channels,
+                       depth)
+    return CrossingPlan(shape=(channels, *(p // f for p, f in zip(patch, pooling))),
+                        spacing=tuple(round(float(s * f), 6) for s, f in zip(spacing, pooling)),
+                        client_compute_share=round(cost.client_compute_share, 4),
+                        client_feature_mb=round(cost.client_activation_bytes / 1e6, 3))
+
+
+def _crossing_note(crossing: CrossingPlan, depth: int) -> str:
+    channels, *spatial = crossing.shape
+    return (f"cut: depth {depth}; each sample sends {channels} x {_fmt(tuple(spatial))} values at "
+            f"{_fmt(crossing.spacing, 3)} mm at split 1 and gets as many back at split 2; the client runs "
+            f"{crossing.client_compute_share:.0%} of the forward FLOPs and keeps {crossing.client_feature_mb:g} MB "
+            "of feature maps per sample")
 
 
 def assemble_plans(clients: dict[str, ClientPlan], topology: Topology, config: PlannerConfig, dims: int,
@@ -194,6 +231,7 @@ def assemble_plans(clients: dict[str, ClientPlan], topology: Topology, config: P
         server_segment=NetworkTopologyPlan(dims, topology.kernel_sizes, topology.strides, topology.filters),
         diffusion=DiffusionPlan(config.diffusion_steps, "squaredcos_cap_v2", config.diffusion_steps // 2),
         causal=CausalNodesPlan(config.num_nodes, 1),
+        cut_depth=config.cut_depth,
     )
     return Plans(SCHEMA_VERSION, config.preset.describe(), federation, clients, warnings)
 
@@ -221,7 +259,7 @@ def _shrink_to_budget(spacing: tuple[float, ...], shape: tuple[int, ...], facts:
     while True:
         topology = pooling_topology(spacing, tuple(patch), config.split_channels, config.max_filters(dims))
         cost = sample_cost(tuple(patch), topology, facts.spec.num_channels, len(facts.spec.labels),
-                           config.split_channels)
+                           config.split_channels, min(config.cut_depth, max_cut_depth(topology.strides)))
         if config.preset.fits(cost, MIN_BATCH, num_clients):
             return tuple(patch)
         ratios = [p / s if p > floor else -1.0 for p, s in zip(patch, shape)]
@@ -303,7 +341,7 @@ def _batch_size(patch: tuple[int, ...], topology: Topology, facts: ClientFacts, 
                 num_clients: int, dataset_voxels: float) -> tuple[int, str]:
     """Largest batch within budget and within 5% of the dataset's voxels, never below 2; and why."""
     cost = sample_cost(patch, topology, facts.spec.num_channels, len(facts.spec.labels),
-                       config.split_channels)
+                       config.split_channels, config.cut_depth)
     fits = MIN_BATCH
     while fits < 512 and config.preset.fits(cost, fits + 1, num_clients):
         fits += 1
@@ -321,7 +359,7 @@ def _resampled_voxels(fingerprint: DatasetFingerprint, spacing: tuple[float, ...
 
 def _client_plan(facts: ClientFacts, config: PlannerConfig, spacing: tuple[float, ...],
                  shape: tuple[int, ...], slice_axis: int | None, patch: tuple[int, ...],
-                 batch: int, notes: tuple[str, ...]) -> ClientPlan:
+                 batch: int, notes: tuple[str, ...], crossing: CrossingPlan) -> ClientPlan:
     fingerprint = facts.fingerprint
     use_mask = fingerprint.median_relative_size_after_crop < NONZERO_MASK_BELOW
     return ClientPlan(
@@ -348,5 +386,6 @@ def _client_plan(facts: ClientFacts, config: PlannerConfig, spacing: tuple[float
         foreground_oversampling=config.foreground_oversampling,
         causal_graph=facts.causal_graph,
         folder=facts.folder,
+        crossing=crossing,
         planning_notes=notes,
     )

@@ -8,6 +8,7 @@ frozen dataclasses; a bad file raises ``PlanError`` naming the offending field.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -50,13 +51,61 @@ class CausalNodesPlan:
     node_dim: int = Field(1, ge=1)
 
 
+MIN_SERVER_STAGES = 3  # MONAI's DynUNet needs at least an input, a down and a bottleneck stage
+
+
 @dataclass(frozen=True, config=_STRICT)
 class FederationPlan:
+    """The shared decisions. ``server_segment`` is the U-Net body planned for the whole federation;
+    the client runs its first ``cut_depth`` stages (encoder and decoder, with their skips) and the
+    server the rest, so what crosses shrinks by those stages' pooling and widens to their filters."""
+
     dimensionality: Literal["2d", "3d"]
     split_channels: PositiveInt
     server_segment: NetworkTopologyPlan
     diffusion: DiffusionPlan
     causal: CausalNodesPlan
+    cut_depth: int = Field(0, ge=0)
+
+    def __post_init__(self) -> None:
+        deepest = max_cut_depth(self.server_segment.strides)
+        if self.cut_depth > deepest:
+            raise ValueError(f"cut_depth {self.cut_depth} leaves the server fewer than {MIN_SERVER_STAGES} "
+                             f"of the {len(self.server_segment.strides)} planned stages (at most {deepest})")
+
+    @property
+    def crossing_channels(self) -> int:
+        return cut_channels(self.server_segment.filters, self.split_channels, self.cut_depth)
+
+    @property
+    def crossing_pooling(self) -> tuple[int, ...]:
+        return cut_pooling(self.server_segment.strides, self.cut_depth)
+
+    def server_body(self) -> NetworkTopologyPlan:
+        """The stages the server runs: the planned body without the client's first ``cut_depth``;
+        its first stage keeps the resolution of what crosses."""
+        segment, depth = self.server_segment, self.cut_depth
+        if depth == 0:
+            return segment
+        return NetworkTopologyPlan(segment.spatial_dims, segment.kernel_sizes[depth:],
+                                   ((1,) * segment.spatial_dims, *segment.strides[depth + 1:]),
+                                   segment.filters[depth:])
+
+
+def max_cut_depth(strides: tuple[tuple[int, ...], ...]) -> int:
+    """The deepest cut that leaves the server a U-Net of its own."""
+    return max(0, len(strides) - MIN_SERVER_STAGES)
+
+
+def cut_channels(filters: tuple[int, ...], split_channels: int, depth: int) -> int:
+    """Channels of what crosses either split: the split width at the full-resolution cut, else
+    the filters of the deepest client stage."""
+    return split_channels if depth == 0 else filters[depth]
+
+
+def cut_pooling(strides: tuple[tuple[int, ...], ...], depth: int) -> tuple[int, ...]:
+    """Per axis, how much coarser what crosses is than the patch (the client stages' strides)."""
+    return tuple(math.prod(s[axis] for s in strides[1:depth + 1]) for axis in range(len(strides[0])))
 
 
 @dataclass(frozen=True, config=_STRICT)
@@ -70,6 +119,17 @@ class CausalGraphPlan:
     zscore_std: dict[str, float]
     method: str
     warnings: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, config=_STRICT)
+class CrossingPlan:
+    """What one training sample sends to the server at split 1 and receives back at split 2 (the
+    same shape at both), and the client's share of the network's cost at this cut."""
+
+    shape: tuple[int, ...]  # (channels, *spatial) per sample
+    spacing: tuple[float, ...]  # mm per voxel of what crosses, patch axes
+    client_compute_share: Annotated[float, Field(ge=0.0, le=1.0)]  # of the forward FLOPs
+    client_feature_mb: Annotated[float, Field(ge=0.0)]  # feature maps the client keeps for backward
 
 
 @dataclass(frozen=True, config=_STRICT)
@@ -97,6 +157,7 @@ class ClientPlan:
     foreground_oversampling: Annotated[float, Field(ge=0.0, le=1.0)]
     causal_graph: CausalGraphPlan
     folder: str  # the client's own preprocessed folder, relative to the plans file
+    crossing: CrossingPlan | None = None  # what crosses at each split (plans before cut depths have none)
     planning_notes: tuple[str, ...] = ()  # every choice the preset made for this client, and why
 
     def case_preprocessing(self) -> CasePreprocessingConfig:

@@ -35,15 +35,23 @@ class InversionBudget:
     tv_weight: float = 0.01
 
 
-def build_decoder(spatial_dims: int, feature_channels: int, image_channels: int) -> nn.Module:
-    return UNet(spatial_dims=spatial_dims, in_channels=feature_channels, out_channels=image_channels,
+def build_decoder(spatial_dims: int, feature_channels: int, image_channels: int,
+                  upsampling: tuple[int, ...] | None = None) -> nn.Module:
+    """A U-Net from what crosses to the image; features from a deeper cut are first brought to the
+    image's grid by a learned transposed convolution (stride = the cut's pooling)."""
+    unet = UNet(spatial_dims=spatial_dims, in_channels=feature_channels, out_channels=image_channels,
                 channels=(32, 64, 128), strides=(2, 2), num_res_units=1, norm="instance")
+    if upsampling is None or all(f == 1 for f in upsampling):
+        return unet
+    transposed = (nn.ConvTranspose2d, nn.ConvTranspose3d)[spatial_dims - 2]
+    return nn.Sequential(transposed(feature_channels, feature_channels, upsampling, upsampling), unet)
 
 
 def train_decoder(features: Tensor, images: Tensor, budget: InversionBudget, seed: int) -> nn.Module:
     """Fit a decoder features -> images (MSE) on the attacker's pairs."""
     torch.manual_seed(seed)
-    decoder = build_decoder(images.ndim - 2, features.shape[1], images.shape[1])
+    upsampling = tuple(i // f for i, f in zip(images.shape[2:], features.shape[2:]))
+    decoder = build_decoder(images.ndim - 2, features.shape[1], images.shape[1], upsampling)
     optimizer = torch.optim.Adam(decoder.parameters(), lr=budget.decoder_lr)
     generator = torch.Generator().manual_seed(seed)
     decoder.train()
@@ -76,7 +84,7 @@ def match_channel_statistics(images: Tensor, reference: Tensor) -> Tensor:
 
 def whitebox_inversion(model: TrainedClientModel, observed: Tensor, start: Tensor, budget: InversionBudget,
                        seed: int, reference: Tensor | None = None) -> Tensor:
-    """Images whose transmission matches ``observed`` (N, C_split, *patch); ``start`` is the prior and
+    """Images whose transmission matches ``observed`` (N, *crossing shape); ``start`` is the prior and
     ``reference`` (the auxiliary images) calibrates each channel's intensities afterwards."""
     torch.manual_seed(seed)
     guess = start.clone().to(model.device).requires_grad_(True)

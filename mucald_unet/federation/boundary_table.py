@@ -19,7 +19,9 @@ from planners.plans import Plans
 
 START, END = "<!-- boundary-table:start -->", "<!-- boundary-table:end -->"
 UP, DOWN = Direction.TO_SERVER, Direction.TO_CLIENT
-FEATURE_SHAPE = "(B, split_channels, *patch_size)"  # B: the plan's batch in training, windows per call otherwise
+# B: the plan's batch in training, windows per call otherwise; the rest is clients.*.crossing.shape
+# (split_channels at full resolution at cut depth 0, each deeper cut pooled once more and wider)
+FEATURE_SHAPE = "(B, *crossing.shape)"
 
 
 @dataclass(frozen=True)
@@ -91,6 +93,7 @@ PLAN_FIELDS: dict[str, PlanField] = {
     "warnings": PlanField(META, "patch fitting of every client (image-derived)"),
     "federation.dimensionality": PlanField(SERVER, "every client's native dimensionality"),
     "federation.split_channels": PlanField(SERVER, SETTING),
+    "federation.cut_depth": PlanField(SERVER, SETTING),
     "federation.server_segment.spatial_dims": PlanField(SERVER, ALL_IMAGES),
     "federation.server_segment.kernel_sizes": PlanField(SERVER, ALL_IMAGES),
     "federation.server_segment.strides": PlanField(SERVER, ALL_IMAGES),
@@ -129,6 +132,8 @@ PLAN_FIELDS: dict[str, PlanField] = {
     "clients.*.causal_graph.method": PlanField(OWN, SETTING),
     "clients.*.causal_graph.warnings": PlanField(OWN, "graph learning (e.g. too few labelled cases)", True),
     "clients.*.folder": PlanField(OWN, "path of the client's folder, relative to plans.json"),
+    "clients.*.crossing": PlanField(OWN, "the patch and the cut depth (what crosses per sample; the client's "
+                                         "share of compute and feature memory)"),
 }
 
 

@@ -3,6 +3,8 @@
 A training step is the split-learning exchange, driven from here:
   image -> FE -> CRDM1 -> [features split1] -> server SS -> [features split2] -> CRDM2 -> BE -> loss
   loss.backward -> [gradient split2] -> server -> [gradient split1] -> backward through CRDM1 and FE.
+At cut depth K > 0, FE's skips reach BE without crossing: BE's backward leaves their gradients,
+and FE's one backward takes them with the gradient that came back at split 1.
 Only the bracketed tensors cross, through the transport. CRDM2 runs here too, so its proxy loss
 is computed where the proxies live.
 """
@@ -127,8 +129,9 @@ class SplitClient:
         reply = self.transport.request(Message(self.name, Kind.FEATURES, "split1", round_index, step,
                                                {"features": head.features}))
         received = reply.tensors["features"].requires_grad_(True)
+        skips = [skip.detach().requires_grad_(True) for skip in head.skips]  # BE's gradients wait for FE's
         tail = self.network.through_split("crdm2", received, proxies, mask)
-        logits = self.back_end(tail.features)
+        logits = self.network.decode(tail.features, skips)
         seg = self.seg_loss(logits, labels) if self.network.mixture is None else self._mixture_loss(logits, labels)
 
         head_terms = {f"{k}1": v for k, v in head.losses.items()}
@@ -140,7 +143,8 @@ class SplitClient:
         weighted_sum(tail_terms, weights).backward()
         reply = self.transport.request(Message(self.name, Kind.GRADIENT, "split2", round_index, step,
                                                {"gradient": received.grad}))
-        roots, grads = [head.features], [reply.tensors["gradient"]]
+        roots = [head.features, *head.skips]
+        grads = [reply.tensors["gradient"], *(skip.grad for skip in skips)]
         if head_terms:
             roots.append(weighted_sum(head_terms, weights))
             grads.append(torch.ones((), device=self.device))

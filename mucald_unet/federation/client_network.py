@@ -8,7 +8,8 @@ checkpoint's own copy of SS when a hospital predicts offline.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -28,6 +29,15 @@ SPLITS = ("crdm1", "crdm2")
 Middle = Callable[[Tensor], Tensor]  # split-1 features -> split-2 features (the server's segment)
 
 
+@dataclass
+class ClientHead:
+    """What the client's head produces for one batch."""
+
+    features: Tensor  # what crosses split 1
+    losses: dict[str, Tensor]  # CRDM1's
+    skips: list[Tensor]  # FE's skip connections for BE; none at cut depth 0
+
+
 class ClientNetwork(nn.Module):
     def __init__(self, federation: FederationPlan, plan: ClientPlan, config: TrainingConfig) -> None:
         super().__init__()
@@ -43,7 +53,7 @@ class ClientNetwork(nn.Module):
             graph = NodeGraph.from_plan(plan.causal_graph, federation.causal.num_nodes)
             for split in SPLITS:
                 self.splits[split] = CausalDiffusionSplit(federation.server_segment.spatial_dims,
-                                                          federation.split_channels, graph,
+                                                          federation.crossing_channels, graph,
                                                           federation.causal.node_dim, schedule, options)
         # FedEM: the server returns one split-2 map per component; pi combines their predictions
         self.mixture = MixtureWeights(config.mixture_size) if config.mixture_size > 1 else None
@@ -68,19 +78,27 @@ class ClientNetwork(nn.Module):
         return self.splits[split](features, proxies, mask, noise_generator)
 
     def head(self, images: Tensor, proxies: Tensor | None = None, mask: Tensor | None = None,
-             noise_generator: torch.Generator | None = None) -> SplitResult:
+             noise_generator: torch.Generator | None = None) -> ClientHead:
         """What crosses split 1: FE -> CRDM1 -> the Gaussian or quantisation defence (if any), with
-        CRDM1's losses."""
-        result = self.through_split("crdm1", self.front_end(images), proxies, mask, noise_generator)
-        result.features = self.boundary_quantiser(self.boundary_noise(result.features, noise_generator))
-        return result
+        CRDM1's losses and FE's skips."""
+        crossing, skips = self.front_end.encode(images)
+        result = self.through_split("crdm1", crossing, proxies, mask, noise_generator)
+        features = self.boundary_quantiser(self.boundary_noise(result.features, noise_generator))
+        return ClientHead(features, result.losses, skips)
+
+    def decode(self, features: Tensor, skips: Sequence[Tensor]) -> Tensor:
+        """BE on what came back (after CRDM2) and FE's skips; a mixture's M x B maps, stacked
+        component-major, each reuse their sample's skips."""
+        repeats = features.shape[0] // skips[0].shape[0] if skips else 1
+        return self.back_end(features, [skip.repeat(repeats, *(1,) * (skip.ndim - 1)) if repeats > 1 else skip
+                                        for skip in skips])
 
     def segment(self, images: Tensor, middle: Middle, noise_generator: torch.Generator | None = None) -> Tensor:
         """Class logits of a batch: head -> middle -> CRDM2 -> BE (no losses); with a mixture middle,
         the log of the pi-weighted mixture of the components' class probabilities."""
-        features = self.head(images, noise_generator=noise_generator).features
-        features = self.through_split("crdm2", middle(features), noise_generator=noise_generator).features
-        logits = self.back_end(features)
+        head = self.head(images, noise_generator=noise_generator)
+        features = self.through_split("crdm2", middle(head.features), noise_generator=noise_generator).features
+        logits = self.decode(features, head.skips)
         return logits if self.mixture is None else self.mixture.combine(logits)
 
 
@@ -89,15 +107,16 @@ def split_options(federation: FederationPlan, config: TrainingConfig) -> SplitOp
     return SplitOptions(causal_graph=Ablation.NO_CAUSAL not in ablations,
                         diffusion=Ablation.NO_DIFFUSION not in ablations,
                         forward_noise=Ablation.NO_FORWARD_NOISE not in ablations,
-                        denoiser_width=config.crdm.denoiser_width_factor * federation.split_channels,
+                        denoiser_width=config.crdm.denoiser_width_factor * federation.crossing_channels,
                         scm_hidden=config.crdm.scm_hidden, share_exogenous=config.crdm.share_exogenous,
                         denoiser_downsample=latent_downsample(federation, config.crdm.denoiser_downsample))
 
 
 def latent_downsample(federation: FederationPlan, limit: int) -> tuple[int, ...]:
     """Per axis, the pooling of the server's first stages up to ``limit``: axes the plan never
-    pools (thin 3D slabs) stay at full resolution, so every patch size divides evenly."""
-    factors = [1] * federation.server_segment.spatial_dims
-    for stride in federation.server_segment.strides[1:]:
+    pools (thin 3D slabs) stay at the resolution of the cut, so every patch size divides evenly."""
+    body = federation.server_body()
+    factors = [1] * body.spatial_dims
+    for stride in body.strides[1:]:
         factors = [f * s if f * s <= limit else f for f, s in zip(factors, stride)]
     return tuple(factors)

@@ -73,7 +73,7 @@ class SplitServer:
                                                              self._segment_optimizer))
         self.discriminators = nn.ModuleDict()
         if config.uses_daca:
-            dims, channels = federation.server_segment.spatial_dims, federation.split_channels
+            dims, channels = federation.server_segment.spatial_dims, federation.crossing_channels
             for split in ("split1", "split2"):
                 self.discriminators[split] = DomainDiscriminator(dims, channels, len(self.clients))
             self.discriminators.to(self.device)

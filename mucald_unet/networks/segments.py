@@ -1,12 +1,17 @@
 """FE, SS and BE built from the plan: the client's ends and the server's U-Net body.
 
 FE and BE are MONAI's conv-InstanceNorm-LeakyReLU blocks (nnU-Net's building block); SS is
-MONAI's DynUNet with the planner's kernels and strides, mapping C_split -> C_split channels.
+MONAI's DynUNet with the planner's kernels and strides. At cut depth K the client also runs the
+body's first K stages: FE pools through their encoder blocks (as DynUNet's own down blocks) and
+BE climbs back through their decoder blocks on FE's skips, so the server sees coarser features.
 """
 
 from __future__ import annotations
 
-from monai.networks.blocks.dynunet_block import UnetBasicBlock, UnetOutBlock
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from monai.networks.blocks.dynunet_block import UnetBasicBlock, UnetOutBlock, UnetUpBlock
 from monai.networks.nets import DynUNet
 from torch import Tensor, nn
 
@@ -17,47 +22,85 @@ NORM = ("INSTANCE", {"affine": True})
 ACTIVATION = ("leakyrelu", {"inplace": True, "negative_slope": 0.01})
 
 
-class FrontEnd(nn.Module):
-    """Client stem: image (B, in_channels, *patch) -> features (B, C_split, *patch), full resolution."""
+@dataclass(frozen=True)
+class ClientStage:
+    """One body stage above the cut: its kernel, its pooling stride, and its widths."""
 
-    def __init__(self, spatial_dims: int, in_channels: int, hidden_channels: int, split_channels: int) -> None:
+    kernel: tuple[int, ...]
+    stride: tuple[int, ...]
+    in_channels: int  # of the stage above (its skip connection's width)
+    out_channels: int
+
+
+def client_stages(federation: FederationPlan) -> list[ClientStage]:
+    """The first ``cut_depth`` pooling stages of the planned body, the first fed by the split width."""
+    body, depth = federation.server_segment, federation.cut_depth
+    widths = [federation.split_channels, *body.filters[1:depth + 1]]
+    return [ClientStage(tuple(body.kernel_sizes[k]), tuple(body.strides[k]), widths[k - 1], widths[k])
+            for k in range(1, depth + 1)]
+
+
+class FrontEnd(nn.Module):
+    """Client stem and the stages above the cut: image (B, in_channels, *patch) -> what crosses."""
+
+    def __init__(self, spatial_dims: int, in_channels: int, hidden_channels: int, split_channels: int,
+                 stages: Sequence[ClientStage] = ()) -> None:
         super().__init__()
         self.stem = UnetBasicBlock(spatial_dims, in_channels, hidden_channels, 3, 1, NORM, ACTIVATION)
         self.to_split = UnetBasicBlock(spatial_dims, hidden_channels, split_channels, 3, 1, NORM, ACTIVATION)
+        self.down = nn.ModuleList(UnetBasicBlock(spatial_dims, stage.in_channels, stage.out_channels, stage.kernel,
+                                                 stage.stride, NORM, ACTIVATION) for stage in stages)
+
+    def encode(self, image: Tensor) -> tuple[Tensor, list[Tensor]]:
+        """What crosses, and the skips BE needs (full resolution first; none at cut depth 0)."""
+        features = self.to_split(self.stem(image))
+        skips = []
+        for block in self.down:
+            skips.append(features)
+            features = block(features)
+        return features, skips
 
     def forward(self, image: Tensor) -> Tensor:
-        return self.to_split(self.stem(image))
+        return self.encode(image)[0]
 
 
 class BackEnd(nn.Module):
-    """Client head: features (B, C_split, *patch) -> class logits (B, num_classes, *patch)."""
+    """Client decoder stages and head: what comes back (with FE's skips) -> class logits at full resolution."""
 
-    def __init__(self, spatial_dims: int, split_channels: int, hidden_channels: int, num_classes: int) -> None:
+    def __init__(self, spatial_dims: int, split_channels: int, hidden_channels: int, num_classes: int,
+                 stages: Sequence[ClientStage] = ()) -> None:
         super().__init__()
+        self.up = nn.ModuleList(UnetUpBlock(spatial_dims, stage.out_channels, stage.in_channels, stage.kernel, 1,
+                                            stage.stride, NORM, ACTIVATION) for stage in reversed(stages))
         self.block = UnetBasicBlock(spatial_dims, split_channels, hidden_channels, 3, 1, NORM, ACTIVATION)
         self.head = UnetOutBlock(spatial_dims, hidden_channels, num_classes)
 
-    def forward(self, features: Tensor) -> Tensor:
+    def forward(self, features: Tensor, skips: Sequence[Tensor] = ()) -> Tensor:
+        if len(skips) != len(self.up):
+            raise ValueError(f"BE climbs {len(self.up)} stages and needs as many skips, got {len(skips)}")
+        for block, skip in zip(self.up, reversed(skips)):
+            features = block(features, skip)
         return self.head(self.block(features))
 
 
 def build_front_end(federation: FederationPlan, client: ClientPlan) -> FrontEnd:
     return FrontEnd(federation.server_segment.spatial_dims, client.in_channels, client.fe_channels,
-                    federation.split_channels)
+                    federation.split_channels, client_stages(federation))
 
 
 def build_back_end(federation: FederationPlan, client: ClientPlan) -> BackEnd:
     return BackEnd(federation.server_segment.spatial_dims, federation.split_channels, client.be_channels,
-                   client.num_classes)
+                   client.num_classes, client_stages(federation))
 
 
 def build_server_segment(federation: FederationPlan) -> DynUNet:
-    """The shared U-Net body; InstanceNorm so averaging it across clients averages no statistics."""
-    topology = federation.server_segment
+    """The shared U-Net body below the cut; InstanceNorm so averaging it across clients averages
+    no statistics."""
+    topology = federation.server_body()
     return DynUNet(
         spatial_dims=topology.spatial_dims,
-        in_channels=federation.split_channels,
-        out_channels=federation.split_channels,
+        in_channels=federation.crossing_channels,
+        out_channels=federation.crossing_channels,
         kernel_size=[list(k) for k in topology.kernel_sizes],
         strides=[list(s) for s in topology.strides],
         upsample_kernel_size=[list(s) for s in topology.strides[1:]],

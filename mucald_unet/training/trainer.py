@@ -78,18 +78,23 @@ def capture_file(round_index: int) -> str:
     return f"capture_round{round_index + 1:03d}.pt"
 
 
-def run_name_for(config: TrainingConfig, clients: Sequence[str], planned_clients: Sequence[str]) -> str:
-    """The config's run name, plus ``clients-2-3`` when only some of the plan's clients train."""
+def run_name_for(config: TrainingConfig, clients: Sequence[str], planned_clients: Sequence[str],
+                 cut_depth: int = 0) -> str:
+    """The config's run name, with ``cut-K`` when the plan cuts K stages deep (so runs of plans
+    that differ only in their cut never share a folder), plus ``clients-2-3`` when only some of the
+    plan's clients train."""
     subset = sorted(set(clients)) != sorted(set(planned_clients))
     numbers = [f"clients-{'-'.join(str(dataset_number(c)) for c in sorted(clients))}"] if subset else []
-    return compose_run_name(config.identity_labels(), config.setting_labels() + numbers)
+    cut = [f"cut-{cut_depth}"] if cut_depth else []
+    return compose_run_name(config.identity_labels() + cut, config.setting_labels() + numbers)
 
 
 def run_folder_for(results_root: Path, plans_path: Path, config: TrainingConfig,
                    clients: Sequence[str] | None = None) -> Path:
     """The folder of a run of ``clients`` (default: every planned client) with ``config``."""
-    planned = list(load_plans(plans_path).clients)
-    name = run_name_for(config, planned if clients is None else clients, planned)
+    plans = load_plans(plans_path)
+    planned = list(plans.clients)
+    name = run_name_for(config, planned if clients is None else clients, planned, plans.federation.cut_depth)
     return run_folder(results_root, plans_path, name, config.fold)
 
 

@@ -14,7 +14,7 @@ from rich.table import Table
 from planners.budget import Preset
 from planners.pipeline import PipelineConfig, plan_and_preprocess
 from planners.planner import PlannerConfig
-from planners.plans import Plans, load_plans
+from planners.plans import ClientPlan, Plans, load_plans
 from preprocessing.cli_support import DATASET_FLAGS, entry_points
 from preprocessing.paths import preprocessed_root, raw_root
 
@@ -67,6 +67,10 @@ def plan(
     split_width: Annotated[int, typer.Option(
         "--split-width", min=4, help="Channels crossing each split, and the width of FE, BE and the server's "
         "first stage (nnU-Net's 32; 16 is ~2.5x cheaper per iteration and learns less).")] = 32,
+    cut_depth: Annotated[int, typer.Option(
+        "--cut-depth", min=0, help="How many of the U-Net body's first stages (encoder and decoder, with their "
+        "skips) run at the client. 0: the cut sits after the stem, at full resolution; each stage deeper sends "
+        "features pooled once more (docs/privacy.md).")] = 0,
     no_verify: Annotated[bool, typer.Option("--no-verify", help="Skip the integrity check.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Redo finished preprocessed cases.")] = False,
     seed: Annotated[int, typer.Option("--seed", help="Seed for sampling and causal discovery.")] = 0,
@@ -76,7 +80,7 @@ def plan(
     pipeline = PipelineConfig(
         raw_root=raw_root(raw), preprocessed_root=preprocessed_root(preprocessed), datasets=tuple(datasets),
         planner=PlannerConfig(preset=preset, dimensionality=config.value if config else None,
-                              num_nodes=num_nodes, split_channels=split_width),
+                              num_nodes=num_nodes, split_channels=split_width, cut_depth=cut_depth),
         num_processes=num_processes, verify=not no_verify, overwrite=overwrite, seed=seed)
     console = Console(highlight=False)
     columns = (TextColumn("{task.description:<40}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
@@ -100,16 +104,24 @@ def plan(
 def summary_table(plans: Plans) -> Table:
     fed = plans.federation
     table = Table(title=f"federation: {fed.dimensionality}, split width {fed.split_channels}, "
-                        f"{len(fed.server_segment.strides)} server stages; preset {plans.preset}")
+                        f"{len(fed.server_segment.strides)} body stages, the first {fed.cut_depth} at the client; "
+                        f"preset {plans.preset}")
     table.add_column("client", no_wrap=True)
-    for column in ("spacing mm", "patch", "batch", "norm", "edges"):
+    for column in ("spacing mm", "patch", "batch", "norm", "edges", "crosses per sample"):
         table.add_column(column)
     for name, client in plans.clients.items():
         edges = sum(len(ps) for ps in client.causal_graph.parents.values())
         table.add_row(name, " x ".join(f"{s:.3g}" for s in client.target_spacing),
                       " x ".join(str(p) for p in client.patch_size), str(client.batch_size),
-                      _kinds(client.normalization), str(edges))
+                      _kinds(client.normalization), str(edges), _crossing(client))
     return table
+
+
+def _crossing(client: ClientPlan) -> str:
+    if client.crossing is None:
+        return "?"
+    channels, *spatial = client.crossing.shape
+    return f"{channels} x " + " x ".join(str(s) for s in spatial)
 
 
 def _kinds(normalization: tuple[dict, ...]) -> str:

@@ -73,6 +73,22 @@ def test_a_decoder_on_pure_noise_features_does_no_better_than_the_prior(trained_
     assert abs(noise_ssim - prior_ssim) < 0.05
 
 
+def test_a_decoder_brings_what_a_deeper_cut_sends_back_to_the_image_grid(trained_run: TrainedRun) -> None:
+    data = fetal_data(trained_run, private=8, aux=64)
+    private, aux = torch.from_numpy(data.private), torch.from_numpy(data.auxiliary)
+
+    def coarse(images: torch.Tensor) -> torch.Tensor:  # half resolution, four channels, as a cut of 1 sends
+        return torch.nn.functional.avg_pool2d(images, 2).repeat(1, 4, 1, 1)
+    decoder = train_decoder(coarse(aux), aux, InversionBudget(decoder_steps=150), seed=0)
+    guessed = decode(decoder, coarse(private))
+    assert guessed.shape == private.shape
+    originals = data.window.to_unit(data.private)
+    prior = aux.mean(0, keepdim=True).expand_as(private)
+    ssim = per_image_scores(data.window.to_unit(guessed.numpy()), originals)["ssim"].mean()
+    prior_ssim = per_image_scores(data.window.to_unit(prior.numpy()), originals)["ssim"].mean()
+    assert ssim > prior_ssim + 0.1
+
+
 def test_an_overfitted_model_is_exposed_and_random_scores_are_not() -> None:
     rng = np.random.default_rng(0)
 

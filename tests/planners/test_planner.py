@@ -247,3 +247,59 @@ def test_planning_site_by_site_with_only_plain_offers_crossing_gives_the_single_
     assert plans_to_dict(assemble_plans(plans, topology, config, dims, warnings)) == plans_to_dict(single)
     assert single.clients["Dataset002_B"].slice_axis == 0
     assert any("lowres" in note for plan in single.clients.values() for note in plan.planning_notes)
+
+
+def test_a_deeper_cut_moves_stages_to_the_client_and_the_plan_records_what_crosses() -> None:
+    clients = [client("Dataset001_A", (1.0, 1.0), (128, 128)), client("Dataset002_B", (1.0, 1.0), (96, 96))]
+    shallow = make_plans(clients, PlannerConfig(split_channels=16))
+    stages = len(shallow.federation.server_segment.strides)
+    assert stages >= 5  # the federation below needs room for a cut of 2
+    deep = make_plans(clients, PlannerConfig(split_channels=16, cut_depth=2))
+    fed = deep.federation
+    assert fed.cut_depth == 2 and fed.server_segment == shallow.federation.server_segment
+    body = fed.server_body()
+    assert body.strides == ((1, 1), *fed.server_segment.strides[3:])
+    assert body.filters == fed.server_segment.filters[2:] and body.kernel_sizes == fed.server_segment.kernel_sizes[2:]
+    assert fed.crossing_channels == fed.server_segment.filters[2] and fed.crossing_pooling == (4, 4)
+    for name, plan in deep.clients.items():
+        patch, spacing = plan.patch_size, plan.target_spacing
+        assert plan.crossing.shape == (fed.server_segment.filters[2], patch[0] // 4, patch[1] // 4)
+        assert plan.crossing.spacing == pytest.approx(tuple(4 * s for s in spacing))
+        assert plan.crossing.client_compute_share > shallow.clients[name].crossing.client_compute_share
+        assert any(note.startswith("cut: depth 2") for note in plan.planning_notes)
+    assert shallow.clients["Dataset001_A"].crossing.shape[0] == 16  # depth 0: the split width, full resolution
+
+
+def test_the_client_share_of_the_cost_grows_with_the_cut_and_the_total_barely_moves() -> None:
+    topology = pooling_topology((1.0, 1.0), (128, 128), 32, 128)
+    costs = [sample_cost((128, 128), topology, 1, 2, 32, depth) for depth in range(len(topology.strides) - 2)]
+    shares = [cost.client_compute_share for cost in costs]
+    assert shares == sorted(shares) and shares[0] > 0 and shares[-1] < 1
+    assert all(c.client_activation_bytes < c.activation_bytes for c in costs)
+    # a deeper cut drops the full-resolution input stage and adds one at the cut: totals stay within 25 %
+    assert all(abs(c.forward_flops / costs[0].forward_flops - 1) < 0.25 for c in costs)
+
+
+def test_a_cut_too_deep_for_the_topology_is_refused_with_the_deepest_that_fits(tmp_path: Path) -> None:
+    clients = [client("Dataset001_A", (1.0, 1.0), (40, 40))]
+    stages = len(make_plans(clients).federation.server_segment.strides)
+    with pytest.raises(PlanError, match=rf"--cut-depth {stages - 2} is too deep.*--cut-depth {stages - 3} or less"):
+        make_plans(clients, PlannerConfig(cut_depth=stages - 2))
+    with pytest.raises(PlanError, match="--cut-depth 0 or more"):
+        PlannerConfig(cut_depth=-1)
+    data = plans_to_dict(make_plans(clients))
+    data["federation"]["cut_depth"] = stages  # a hand-edited plans file
+    (tmp_path / "plans.json").write_text(json.dumps(data))
+    with pytest.raises(PlanError, match=r"federation.*cut_depth .* leaves the server fewer than 3"):
+        load_plans(tmp_path / "plans.json")
+
+
+def test_plans_written_before_cut_depths_still_load_at_depth_zero(tmp_path: Path) -> None:
+    data = plans_to_dict(make_plans([client("Dataset001_A", (1.0, 1.0), (64, 64))]))
+    del data["federation"]["cut_depth"]
+    for plan in data["clients"].values():
+        del plan["crossing"]
+    (tmp_path / "plans.json").write_text(json.dumps(data))
+    plans = load_plans(tmp_path / "plans.json")
+    assert plans.federation.cut_depth == 0 and plans.federation.server_body() == plans.federation.server_segment
+    assert plans.clients["Dataset001_A"].crossing is None
