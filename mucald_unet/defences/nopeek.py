@@ -38,11 +38,14 @@ def tiles(x: Tensor, tile: Sequence[int]) -> Tensor:
 def nopeek_loss(images: Tensor, features: Tensor, tile_size: int = 16) -> Tensor:
     """max(0, bias-corrected dCor^2) between image tiles and feature tiles; 0 with zero gradient
     where the estimate is negative."""
-    spatial = images.shape[2:]
-    tile = [_largest_divisor_at_most(size, tile_size) for size in spatial]
-    return u_distance_correlation_sqr(tiles(images, tile), tiles(features, tile)).clamp_min(0.0)
+    pooling = [i // f for i, f in zip(images.shape[2:], features.shape[2:])]  # > 1 behind a deeper cut
+    tile = [_largest_divisor_at_most(size, tile_size, p) for size, p in zip(images.shape[2:], pooling)]
+    feature_tile = [t // p for t, p in zip(tile, pooling)]
+    return u_distance_correlation_sqr(tiles(images, tile), tiles(features, feature_tile)).clamp_min(0.0)
 
 
-def _largest_divisor_at_most(size: int, limit: int) -> int:
-    return max(d for d in range(1, min(size, limit) + 1) if size % d == 0)
+def _largest_divisor_at_most(size: int, limit: int, step: int = 1) -> int:
+    """The largest multiple of ``step`` that divides ``size`` and is at most ``limit`` (``step``
+    when none is that small), so an image tile covers whole feature voxels."""
+    return max(d for d in range(step, max(step, min(size, limit)) + 1, step) if size % d == 0)
 

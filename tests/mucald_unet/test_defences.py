@@ -57,6 +57,15 @@ def test_nopeek_loss_separates_dependent_from_independent_features() -> None:
     assert float(independent) < 0.05 < 0.3 < float(dependent)
 
 
+def test_nopeek_pairs_each_image_tile_with_the_features_of_the_same_place_behind_a_deeper_cut() -> None:
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn(2, 3, 64, 96, generator=generator)
+    pooled = torch.nn.functional.avg_pool2d(images, 2)  # what a cut of depth 1 sends, spatially
+    dependent = nopeek_loss(images, torch.cat([pooled, pooled ** 2], dim=1))
+    independent = nopeek_loss(images, torch.randn(2, 6, 32, 48, generator=generator))
+    assert float(independent) < 0.05 < 0.3 < float(dependent)
+
+
 def test_defence_parsing_names_and_round_trips() -> None:
     config = TrainingConfig(method=Method.SPLITFED, defence=DefenceConfig.parse("nopeek:0.1"))
     assert config.defence == DefenceConfig(DefenceKind.NOPEEK, 0.1)
