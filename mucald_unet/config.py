@@ -63,6 +63,7 @@ class DefenceKind(str, Enum):
     GAUSSIAN = "gaussian"  # N(0, strength^2) added to what crosses split 1 (training and prediction)
     NOPEEK = "nopeek"  # + strength x distance correlation(image tiles, split-1 feature tiles) in the loss
     QUANTISE = "quantise"  # what crosses split 1 keeps 2**strength levels per sample and channel
+    ADVERSARY = "adversary"  # a simulated inversion decoder at the client; FE trained against it x strength
 
 
 @dataclass(frozen=True)
@@ -100,9 +101,13 @@ class DefenceConfig:
     def quantisation_bits(self) -> int:
         return int(self.strength) if self.kind is DefenceKind.QUANTISE else 0
 
+    @property
+    def adversary_weight(self) -> float:
+        return self.strength if self.kind is DefenceKind.ADVERSARY else 0.0
+
     @classmethod
     def parse(cls, text: str | None) -> "DefenceConfig":
-        """``"gaussian:0.5"`` / ``"nopeek:0.1"`` / ``"quantise:4"`` / None."""
+        """``"gaussian:0.5"`` / ``"nopeek:0.1"`` / ``"quantise:4"`` / ``"adversary:0.5"`` / None."""
         if not text or text == DefenceKind.NONE.value:
             return cls()
         kind, _, value = text.partition(":")
@@ -110,7 +115,7 @@ class DefenceConfig:
             return cls(DefenceKind(kind.strip()), float(value))
         except ValueError:
             raise TrainingError(f"--defence {text!r} is not KIND:STRENGTH. Fix: use gaussian:SIGMA, "
-                                "nopeek:WEIGHT or quantise:BITS, e.g. --defence gaussian:0.5.") from None
+                                "nopeek:WEIGHT, quantise:BITS or adversary:WEIGHT, e.g. --defence gaussian:0.5.") from None
 
 
 @dataclass(frozen=True)

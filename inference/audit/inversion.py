@@ -17,10 +17,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from monai.networks.nets import UNet
 from torch import Tensor, nn
 
 from inference.model import TrainedClientModel
+from mucald_unet.defences.inversion_adversary import inversion_decoder
 
 
 @dataclass(frozen=True)
@@ -35,23 +35,11 @@ class InversionBudget:
     tv_weight: float = 0.01
 
 
-def build_decoder(spatial_dims: int, feature_channels: int, image_channels: int,
-                  upsampling: tuple[int, ...] | None = None) -> nn.Module:
-    """A U-Net from what crosses to the image; features from a deeper cut are first brought to the
-    image's grid by a learned transposed convolution (stride = the cut's pooling)."""
-    unet = UNet(spatial_dims=spatial_dims, in_channels=feature_channels, out_channels=image_channels,
-                channels=(32, 64, 128), strides=(2, 2), num_res_units=1, norm="instance")
-    if upsampling is None or all(f == 1 for f in upsampling):
-        return unet
-    transposed = (nn.ConvTranspose2d, nn.ConvTranspose3d)[spatial_dims - 2]
-    return nn.Sequential(transposed(feature_channels, feature_channels, upsampling, upsampling), unet)
-
-
 def train_decoder(features: Tensor, images: Tensor, budget: InversionBudget, seed: int) -> nn.Module:
     """Fit a decoder features -> images (MSE) on the attacker's pairs."""
     torch.manual_seed(seed)
     upsampling = tuple(i // f for i, f in zip(images.shape[2:], features.shape[2:]))
-    decoder = build_decoder(images.ndim - 2, features.shape[1], images.shape[1], upsampling)
+    decoder = inversion_decoder(images.ndim - 2, features.shape[1], images.shape[1], upsampling)
     optimizer = torch.optim.Adam(decoder.parameters(), lr=budget.decoder_lr)
     generator = torch.Generator().manual_seed(seed)
     decoder.train()

@@ -86,6 +86,7 @@ class SplitClient:
     def _build_optimizer(self) -> torch.optim.Optimizer:
         """Networks and denoisers at lr; exogenous encoders, SCMs and priors at aux_lr."""
         main = list(self.front_end.parameters()) + list(self.back_end.parameters())
+        main += list(self.network.inverter.parameters()) if self.network.inverter is not None else []
         aux: list[nn.Parameter] = []
         for split in self.splits.values():
             main += list(split.denoiser.parameters()) if split.denoiser is not None else []
@@ -137,6 +138,8 @@ class SplitClient:
         head_terms = {f"{k}1": v for k, v in head.losses.items()}
         if self.config.defence.nopeek_weight > 0:
             head_terms["nopeek"] = nopeek_loss(images, head.features)
+        if self.network.inverter is not None:  # the simulated attacker's error; FE's gradient is reversed
+            head_terms["inversion"] = self.network.inverter.loss(head.features, images)
         tail_terms = {"seg": seg, **{f"{k}2": v for k, v in tail.losses.items()}}
         weights = self._term_weights(factor)
         values = self._checked_values({**head_terms, **tail_terms}, round_index)
@@ -179,7 +182,7 @@ class SplitClient:
 
     def _term_weights(self, factor: float) -> dict[str, float]:
         w = self.config.losses
-        weights = {"seg": self.seg_weight, "nopeek": self.config.defence.nopeek_weight}
+        weights = {"seg": self.seg_weight, "nopeek": self.config.defence.nopeek_weight, "inversion": 1.0}
         for s in ("1", "2"):
             weights.update({f"proxy{s}": factor * w.proxy * self.proxy_scale, f"diffusion{s}": factor * w.diffusion,
                             f"kl_u{s}": factor * w.kl_u, f"kl_z{s}": factor * w.kl_z})

@@ -19,6 +19,7 @@ from mucald_unet.crdm.causal_latent import NodeGraph
 from mucald_unet.crdm.noise_schedule import NoiseSchedule
 from mucald_unet.crdm.split_point import CausalDiffusionSplit, SplitOptions, SplitResult
 from mucald_unet.defences.gaussian import BoundaryNoise
+from mucald_unet.defences.inversion_adversary import SimulatedInverter
 from mucald_unet.defences.quantisation import BoundaryQuantiser
 from mucald_unet.networks.mixture import MixtureWeights
 from mucald_unet.networks.segments import build_back_end, build_front_end
@@ -57,11 +58,17 @@ class ClientNetwork(nn.Module):
                                                           federation.causal.node_dim, schedule, options)
         # FedEM: the server returns one split-2 map per component; pi combines their predictions
         self.mixture = MixtureWeights(config.mixture_size) if config.mixture_size > 1 else None
+        weight = config.defence.adversary_weight
+        self.inverter = (SimulatedInverter(federation.server_segment.spatial_dims, federation.crossing_channels,
+                                           plan.in_channels, federation.crossing_pooling, weight)
+                         if weight > 0 else None)
 
     def parts(self) -> dict[str, nn.Module]:
         """The named parts a checkpoint stores one state dict for each."""
         mixture = {"mixture": self.mixture} if self.mixture is not None else {}
-        return {"front_end": self.front_end, "back_end": self.back_end, **dict(self.splits.items()), **mixture}
+        inverter = {"inverter": self.inverter} if self.inverter is not None else {}
+        return {"front_end": self.front_end, "back_end": self.back_end, **dict(self.splits.items()), **mixture,
+                **inverter}
 
     def load_parts(self, states: dict[str, dict]) -> None:
         missing = sorted(set(self.parts()) - set(states))

@@ -13,9 +13,11 @@ import torch
 from mucald_unet.config import DefenceConfig, DefenceKind, Method, TrainingConfig
 from mucald_unet.defences.distance_correlation import distance_correlation, u_distance_correlation_sqr
 from mucald_unet.defences.nopeek import nopeek_loss, tiles
+from mucald_unet.defences.inversion_adversary import SimulatedInverter
 from mucald_unet.defences.quantisation import BoundaryQuantiser
 from mucald_unet.errors import TrainingError
-from mucald_unet.training.trainer import LOG_FILE, FederatedTrainer, run_folder_for
+from mucald_unet.training.checkpoint import FINAL, load_checkpoint
+from mucald_unet.training.trainer import LOG_FILE, MANIFEST_FILE, FederatedTrainer, run_folder_for
 from tests.conftest import CLIENTS
 from tests.mucald_unet.conftest import quick_config
 
@@ -143,3 +145,37 @@ def test_quantisation_defence_shapes_what_crosses_in_training_and_prediction(tin
     assert folder.parent.name.startswith("splitfed__quantise-2__")
     records = [json.loads(line) for line in (folder / LOG_FILE).read_text().splitlines()]
     assert all(np.isfinite(r["losses"]["seg"]) for r in records)
+
+
+def test_the_simulated_inverter_learns_to_reconstruct_while_what_crosses_is_pushed_the_other_way() -> None:
+    torch.manual_seed(0)
+    inverter = SimulatedInverter(2, 8, 1, (2, 2), weight=0.5)
+    images = torch.randn(2, 1, 32, 32)
+    transmitted = torch.randn(2, 8, 16, 16, requires_grad=True)
+    inverter.loss(transmitted, images).backward()
+    reversed_gradient = transmitted.grad.clone()
+    transmitted.grad = None
+    plain = torch.nn.functional.mse_loss(inverter.decoder(transmitted), images)
+    plain.backward()
+    torch.testing.assert_close(reversed_gradient, -0.5 * transmitted.grad)
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in inverter.decoder.parameters()
+               if p.requires_grad and p.ndim > 1)
+    assert inverter.decoder(transmitted).shape == images.shape  # back on the image grid from a deeper cut
+
+
+def test_attacker_aware_training_trains_the_inverter_at_the_client_and_keeps_it_there(
+        tiny_federation: Path, tmp_path: Path) -> None:
+    config = quick_config(method="splitfed", iterations=3, defence=DefenceConfig.parse("adversary:0.5"))
+    folder = run_folder_for(tmp_path, tiny_federation, config)
+    run = FederatedTrainer(tiny_federation, CLIENTS, config, folder)
+    before = {k: v.clone() for k, v in run.clients[0].network.inverter.state_dict().items()}
+    run.run()
+    assert folder.parent.name.startswith("splitfed__adversary-0.5__")
+    records = [json.loads(line) for line in (folder / LOG_FILE).read_text().splitlines()]
+    assert all(np.isfinite(r["losses"]["inversion"]) and r["losses"]["inversion"] > 0 for r in records)
+    after = run.clients[0].network.inverter.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)  # the decoder learned
+    saved = load_checkpoint(folder / FINAL).clients[CLIENTS[0]]["modules"]
+    assert "inverter" in saved  # a client part: checkpointed with FE and BE ...
+    manifest = (folder / MANIFEST_FILE).read_text()
+    assert "inverter" not in manifest and "decoder" not in manifest  # ... and never sent
