@@ -14,7 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mucald_unet.training.data import PatchSampler, TrainingCase, fold_split, list_case_ids, load_training_cases
+from mucald_unet.training.data import (PatchBatch, PatchSampler, TrainingCase, fold_split, list_case_ids,
+                                      load_training_cases)
 from planners.pipeline import client_cases_folder, expected_cases
 from planners.plans import ClientPlan, load_plans
 
@@ -42,6 +43,8 @@ class ClientAuditData:
     private_ids: list[str]
     auxiliary: np.ndarray  # (M, C, *patch): the attacker's images, from non-member cases
     window: IntensityWindow
+    private_labels: np.ndarray  # (N, 1, *patch): what label inference tries to recover
+    auxiliary_labels: np.ndarray  # (M, 1, *patch): labelled auxiliary data (model completion)
 
 
 def load_audit_data(plans_path: Path, plan: ClientPlan, fold: int, max_private: int, aux_patches: int,
@@ -53,13 +56,14 @@ def load_audit_data(plans_path: Path, plan: ClientPlan, fold: int, max_private: 
     non_members = load_training_cases(folder, held_out_ids, expected)
     rng = np.random.default_rng(seed)
     attacked = [members[i] for i in sorted(rng.choice(len(members), min(max_private, len(members)), replace=False))]
-    private = np.stack([_patch(case, plan, rng, foreground=True) for case in attacked])
+    patches = [_patch(case, plan, rng, foreground=True) for case in attacked]
+    private, private_labels = np.concatenate([p.images for p in patches]), np.concatenate([p.labels for p in patches])
     sampler = PatchSampler(non_members, plan.patch_size, aux_patches, 0.5, plan.slice_axis, rng)
-    auxiliary = sampler.sample_batch().images
-    return ClientAuditData(plan, members, non_members, private, [c.case_id for c in attacked], auxiliary,
-                           IntensityWindow.of(auxiliary))
+    auxiliary = sampler.sample_batch()
+    return ClientAuditData(plan, members, non_members, private, [c.case_id for c in attacked], auxiliary.images,
+                           IntensityWindow.of(auxiliary.images), private_labels, auxiliary.labels)
 
 
-def _patch(case: TrainingCase, plan: ClientPlan, rng: np.random.Generator, foreground: bool) -> np.ndarray:
+def _patch(case: TrainingCase, plan: ClientPlan, rng: np.random.Generator, foreground: bool) -> PatchBatch:
     sampler = PatchSampler([case], plan.patch_size, 1, 1.0 if foreground else 0.0, plan.slice_axis, rng)
-    return sampler.sample_batch().images[0]
+    return sampler.sample_batch()

@@ -58,18 +58,22 @@ def markdown(numbers: dict, header: list[str]) -> str:
     lines = ["# Privacy audit", "", *header, ""]
     columns = ["run", "Dice", "dCor^2", "SSIM prior", "SSIM inverse", "SSIM adaptive", "SSIM averaged",
                "SSIM white-box", "strongest SSIM [95% CI]", "re-id (strongest)", "MIA AUC loss", "MIA AUC LiRA",
-               "LiRA TPR@1%FPR"]
+               "LiRA TPR@1%FPR", "label acc prior", "label acc gradients (better of norm, direction)",
+               "label acc completion [95% CI]",
+               "label fg Dice gradients / completion"]
     for client, runs in numbers.items():
         lines += [f"## {client}", "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
         for run, entry in runs.items():
             lines.append("| " + " | ".join([run, _num(entry.get("dice")), _dcor(entry), *_ssims(entry),
-                                             *_strongest_cells(entry), *_mia(entry)]) + " |")
+                                             *_strongest_cells(entry), *_mia(entry), *_labels(entry)]) + " |")
         lines.append("")
     lines += ["SSIM/PSNR/MSE are computed in a fixed intensity window per client (auxiliary 0.5-99.5 "
               "percentiles -> 0..1); 'prior' is an attacker that outputs the auxiliary mean image; "
               "re-id is top-1 re-identification of the strongest attack's reconstructions among the attacked "
-              "cases (chance = 1 / cases). MIA balanced accuracy is at the best threshold. Every number with "
-              "its interval is in audit.json."]
+              "cases (chance = 1 / cases). MIA balanced accuracy is at the best threshold. Labels: voxel "
+              "accuracy of the server's label inference at the resolution of what crosses, from the split-2 "
+              "gradients (k-means) and by model completion on labelled auxiliary patches, against guessing "
+              "the most common class everywhere. Every number with its interval is in audit.json."]
     return "\n".join(lines) + "\n"
 
 
@@ -103,6 +107,19 @@ def _mia(entry: dict) -> list[str]:
         return ["-", "-", "-"]
     loss, lira = entry["mia"]["loss_threshold"], entry["mia"]["lira_offline"]
     return [_num(loss["auc"]["mean"]), _num(lira["auc"]["mean"]), _num(lira["tpr_at_1pct_fpr"], 2)]
+
+
+def _labels(entry: dict) -> list[str]:
+    """Prior, the better gradient attack, model completion (with its interval), and foreground Dice."""
+    if "labels" not in entry:
+        return ["-"] * 4
+    found = entry["labels"]
+    gradient = max(("gradient_norm", "gradient_direction"), key=lambda a: found[a]["accuracy"]["mean"])
+    completion = found["model_completion"]["accuracy"]
+    dice = [_num(found[a]["foreground_dice"]["mean"], 2) for a in (gradient, "model_completion")]
+    return [_num(found["prior"]["accuracy"]["mean"]),
+            f"{found[gradient]['accuracy']['mean']:.3f} ({gradient.split('_')[1]})",
+            f"{completion['mean']:.3f} [{completion['ci95'][0]:.3f}, {completion['ci95'][1]:.3f}]", " / ".join(dice)]
 
 
 def write_report(out: Path, numbers: dict, header: list[str], store: AuditStore) -> list[Path]:

@@ -16,6 +16,7 @@ import torch
 from inference.audit.audit_data import ClientAuditData, load_audit_data
 from inference.audit.image_metrics import summarise
 from inference.audit.inversion import (InversionBudget, decode, train_decoder, whitebox_inversion)
+from inference.audit.label_inference import label_inference
 from inference.audit.membership import (balanced_halves, evaluate_scores, lira_offline_scores, statistics)
 from inference.audit.transmissions import averaged_transmissions, transmitted, undefended
 from inference.errors import PredictionError
@@ -23,11 +24,12 @@ from inference.model import ModelSource, TrainedClientModel, load_client_model
 from inference.predictor import PredictionSettings, Predictor
 from mucald_unet.defences.distance_correlation import u_distance_correlation_sqr
 from mucald_unet.training.checkpoint import FINAL
+from mucald_unet.training.losses import segmentation_loss
 from mucald_unet.training.trainer import CaseSelection, FederatedTrainer, run_is_finished
 from planners.plans import load_plans
 from preprocessing.atomic import atomic_output, write_json_atomic
 
-ATTACKS = ("inverse", "whitebox", "mia", "dcor")
+ATTACKS = ("inverse", "whitebox", "mia", "dcor", "labels")
 RECONSTRUCTIONS = ("prior", "inverse", "inverse-adaptive", "inverse-averaged", "whitebox")
 
 
@@ -190,4 +192,13 @@ def _shadow_statistics(model: TrainedClientModel, population: list, inside: np.n
     return statistics(predictor.predict_logits, population, model.plan.slice_axis)
 
 
-ATTACK_RUNNERS = {"inverse": run_inverse, "whitebox": run_whitebox, "mia": run_membership, "dcor": run_dcor}
+def run_labels(model: TrainedClientModel, data: ClientAuditData, config: AuditConfig, target: AuditTarget,
+               store: AuditStore) -> tuple[dict, dict]:
+    private = (torch.from_numpy(data.private), torch.from_numpy(data.private_labels.astype(np.int64)))
+    auxiliary = (torch.from_numpy(data.auxiliary), torch.from_numpy(data.auxiliary_labels.astype(np.int64)))
+    loss = segmentation_loss(model.config.losses.ce_in_seg)
+    return label_inference(model, private, auxiliary, loss, config.seed), {}
+
+
+ATTACK_RUNNERS = {"inverse": run_inverse, "whitebox": run_whitebox, "mia": run_membership, "dcor": run_dcor,
+                  "labels": run_labels}

@@ -12,6 +12,8 @@ import torch
 from inference.audit.audit_data import load_audit_data
 from inference.audit.image_metrics import bootstrap, per_image_scores, reidentified, summarise
 from inference.audit.inversion import InversionBudget, decode, train_decoder, whitebox_inversion
+from inference.audit.label_inference import (by_gradient_direction, by_gradient_norm, complete_model, label_inference,
+                                             labels_at, split2_exchange)
 from inference.audit.membership import (balanced_halves, evaluate_scores, lira_offline_scores, statistics)
 from inference.audit.runner import AuditStore
 from inference.audit.transmissions import averaged_transmissions, transmitted, undefended
@@ -21,6 +23,7 @@ from mucald_unet.federation.messages import Direction, Kind
 from mucald_unet.federation.transport import CaptureRequest
 from mucald_unet.training.checkpoint import FINAL, load_plain, save_plain
 from mucald_unet.training.data import TrainingCase
+from mucald_unet.training.losses import segmentation_loss
 from mucald_unet.training.trainer import FederatedTrainer, capture_file, run_folder
 from planners.plans import load_plans
 from tests.conftest import CLIENTS
@@ -87,6 +90,53 @@ def test_a_decoder_brings_what_a_deeper_cut_sends_back_to_the_image_grid(trained
     ssim = per_image_scores(data.window.to_unit(guessed.numpy()), originals)["ssim"].mean()
     prior_ssim = per_image_scores(data.window.to_unit(prior.numpy()), originals)["ssim"].mean()
     assert ssim > prior_ssim + 0.1
+
+
+def test_label_attacks_recover_labels_that_the_gradients_carry_and_only_those() -> None:
+    generator = torch.Generator().manual_seed(0)
+    truth = torch.zeros(4, 8, 8, dtype=torch.long)
+    truth[:, 2:5, 3:6] = 1  # 9 of 64 voxels
+    direction = torch.tensor([1.0, -1.0, 0.5]).view(1, 3, 1, 1)
+    foreground = (truth == 1)[:, None].float()
+    # large gradients one way on the rare class, small ones the other way on the background
+    gradients = 3.0 * foreground * direction - 0.3 * (1 - foreground) * direction
+    gradients += 0.05 * torch.randn(4, 3, 8, 8, generator=generator)
+    prior = np.array([55 / 64, 9 / 64])
+    assert torch.equal(by_gradient_norm(gradients, [0, 1], prior), truth)
+    assert torch.equal(by_gradient_direction(gradients, [0, 1], seed=0), truth)
+    noise = torch.randn(4, 3, 8, 8, generator=generator)  # gradients that carry nothing
+    assert (by_gradient_norm(noise, [0, 1], prior) == truth).float().mean() < 0.85  # prior alone: 0.86
+    features = torch.cat([truth[:, None].float(), torch.randn(4, 2, 8, 8, generator=generator)], dim=1)
+    assert torch.equal(complete_model(features, truth, 2, seed=0)(features).argmax(1), truth)
+
+
+def test_labels_are_compared_at_the_resolution_of_what_crosses() -> None:
+    labels = torch.zeros(1, 1, 4, 4, dtype=torch.long)
+    labels[0, 0, :2, :2] = 2
+    labels[0, 0, 0, 2:] = 1  # half of the top-right block: background wins the tie by order
+    labels[0, 0, 2:, 2:] = 1
+    labels[0, 0, 3, 3] = 0
+    assert labels_at(labels, (2, 2), 3).tolist() == [[[2, 0], [0, 1]]]
+
+
+def test_label_inference_reads_the_gradient_the_client_would_send(trained_run: TrainedRun,
+                                                                  splitfed_run: Path) -> None:
+    model = load_client_model(trained_run.plans_path, FETAL, splitfed_run)
+    data = fetal_data(trained_run, private=4, aux=16)
+    images, labels = torch.from_numpy(data.private), torch.from_numpy(data.private_labels.astype(np.int64))
+    loss = segmentation_loss(model.config.losses.ce_in_seg)
+    features, gradient = split2_exchange(model, images, labels, loss)
+    model.network.train()
+    head = model.network.head(images)
+    received = model.server_segment(head.features).detach().requires_grad_(True)
+    loss(model.network.decode(received, head.skips), labels).backward()
+    torch.testing.assert_close(gradient, received.grad)
+    torch.testing.assert_close(features, received.detach())
+    found = label_inference(model, (images, labels), (torch.from_numpy(data.auxiliary),
+                            torch.from_numpy(data.auxiliary_labels.astype(np.int64))), loss, seed=0)
+    assert set(found) == {"resolution", "prior", "gradient_norm", "gradient_direction", "model_completion"}
+    assert found["prior"]["foreground_dice"]["mean"] == 0.0
+    assert all(0.0 <= found[a]["accuracy"]["mean"] <= 1.0 for a in found if a != "resolution")
 
 
 def test_an_overfitted_model_is_exposed_and_random_scores_are_not() -> None:
@@ -178,7 +228,8 @@ def test_audit_command_writes_report_numbers_and_grid_and_resumes(trained_run: T
     numbers = json.loads((out / "audit.json").read_text())
     for run in ("splitfed", "mucald"):
         entry = numbers[FETAL][run]
-        assert set(entry) >= {"dice", "inverse", "whitebox", "mia", "dcor", "strongest"}
+        assert set(entry) >= {"dice", "inverse", "whitebox", "mia", "dcor", "labels", "strongest"}
+        assert entry["labels"]["resolution"] == list(load_plans(trained_run.plans_path).client(FETAL).patch_size)
         assert 0.0 <= entry["mia"]["lira_offline"]["auc"]["mean"] <= 1.0
         assert entry["dcor"]["samples"] == 4
     assert "| splitfed |" in (out / "report.md").read_text()
