@@ -51,9 +51,9 @@ PLANNED_MARKER = "planned.txt"  # written into a work folder's preprocessed root
 # ------------------------------------------------------------------------------------------ data
 
 def plan_federation(raw: Path, preprocessed: Path, dataset_ids: tuple[str, ...],
-                    workers: int = 1) -> tuple[Path, list[str]]:
+                    workers: int = 1, cut_depth: int = 0) -> tuple[Path, list[str]]:
     """Plan and preprocess ``dataset_ids`` as a 2D federation with the CPU budget (as
-    ``mucald_plan_and_preprocess -d IDS --config 2d --target cpu``); reuses finished plans."""
+    ``mucald_plan_and_preprocess -d IDS --config 2d --target cpu --cut-depth K``); reuses finished plans."""
     from planners.budget import Preset
     from planners.locate import client_names, find_plans
     from planners.pipeline import PipelineConfig, plan_and_preprocess
@@ -63,7 +63,7 @@ def plan_federation(raw: Path, preprocessed: Path, dataset_ids: tuple[str, ...],
     if not done.is_file():
         shutil.rmtree(preprocessed, ignore_errors=True)
         config = PipelineConfig(raw_root=raw, preprocessed_root=preprocessed, datasets=tuple(dataset_ids),
-                                planner=PlannerConfig(preset=Preset("cpu"), dimensionality="2d"),
+                                planner=PlannerConfig(preset=Preset("cpu"), dimensionality="2d", cut_depth=cut_depth),
                                 num_processes=workers)
         started = time.perf_counter()
         plans_path = plan_and_preprocess(config)

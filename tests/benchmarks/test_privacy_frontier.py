@@ -1,0 +1,32 @@
+"""The privacy frontier's verdicts: which points are on the frontier, and when the goal is met."""
+
+from __future__ import annotations
+
+from benchmarks.privacy_frontier import Point, goal_lines, on_frontier
+
+
+def point(method: str, defence: str, cut: int, client: str, dice: float, ssim: float, reid: float = 0.1,
+          label_gain: float = 0.0) -> Point:
+    return Point(cut, method, defence, client, [dice], {"attack": "whitebox", "mean": ssim, "ci95": [ssim, ssim]},
+                 reid, {"attack": "gradient_norm", "fg_dice": 0.1, "accuracy": 0.9 + label_gain, "prior_accuracy": 0.9})
+
+
+def test_a_point_is_on_the_frontier_unless_another_has_its_dice_at_a_lower_ssim() -> None:
+    base = point("splitfed", "none", 0, "A", 0.80, 0.90)
+    private = point("splitfed", "quantise:2", 0, "A", 0.78, 0.40)
+    dominated = point("mucald", "none", 0, "A", 0.70, 0.60)  # less Dice than base, more SSIM than private
+    better = point("splitfed", "none", 1, "A", 0.80, 0.50)  # base's Dice at a lower SSIM
+    points = [base, private, dominated, better]
+    assert [on_frontier(p, points) for p in points] == [False, True, False, True]
+
+
+def test_the_goal_needs_every_client_within_every_bound() -> None:
+    points = [point("splitfed", "none", 0, c, 0.80, 0.9, reid=1.0) for c in "AB"]
+    points += [point("splitfed", "adversary:0.3", 1, "A", 0.79, 0.25), point("splitfed", "adversary:0.3", 1, "B", 0.79, 0.29)]
+    points += [point("splitfed", "quantise:1", 1, "A", 0.79, 0.25), point("splitfed", "quantise:1", 1, "B", 0.70, 0.2)]
+    points += [point("mucald", "none", 1, c, 0.80, 0.2, label_gain=0.15) for c in "AB"]
+    verdicts = {line.split(": Dice")[0]: line for line in goal_lines(points, ["A", "B"])}
+    assert ": met (" in verdicts["- goal splitfed, adversary:0.3, cut 1"]
+    assert "NOT met" in verdicts["- goal splitfed, quantise:1, cut 1"]  # B loses 10 Dice points
+    assert "NOT met" in verdicts["- goal mucald, none, cut 1"]  # labels leak 15 points over the prior
+    assert "NOT met" in verdicts["- goal splitfed, none, cut 0"]
