@@ -9,7 +9,7 @@ in the network's input space; the attacker's auxiliary images are patches of the
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +18,8 @@ from mucald_unet.training.data import (PatchBatch, PatchSampler, TrainingCase, f
                                       load_training_cases)
 from planners.pipeline import client_cases_folder, expected_cases
 from planners.plans import ClientPlan, load_plans
+from preprocessing.dataset import RawDataset
+from preprocessing.runner import preprocess_dataset
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,18 @@ class ClientAuditData:
     window: IntensityWindow
     private_labels: np.ndarray  # (N, 1, *patch): what label inference tries to recover
     auxiliary_labels: np.ndarray  # (M, 1, *patch): labelled auxiliary data (model completion)
+    test_non_members: list[TrainingCase] = field(default_factory=list)  # labelled imagesTs: more non-members
+
+
+def load_test_non_members(raw_root: Path, plan: ClientPlan, folder: Path) -> list[TrainingCase]:
+    """The client's labelled test cases (imagesTs with labelsTs), preprocessed with its plan into
+    ``folder`` (resumable): non-members that no fold ever trained on. None without labelsTs."""
+    dataset = RawDataset.open(raw_root, plan.dataset_name)
+    labelled = [c for c in dataset.case_ids("Ts") if dataset.label_file(c, "Ts").is_file()]
+    if not labelled:
+        return []
+    preprocess_dataset(dataset, plan.case_preprocessing(), folder, "Ts")
+    return load_training_cases(folder, labelled)
 
 
 def load_audit_data(plans_path: Path, plan: ClientPlan, fold: int, max_private: int, aux_patches: int,

@@ -57,7 +57,8 @@ def _strongest(entry: dict) -> dict | None:
 def markdown(numbers: dict, header: list[str]) -> str:
     lines = ["# Privacy audit", "", *header, ""]
     columns = ["run", "Dice", "dCor^2", "SSIM prior", "SSIM inverse", "SSIM adaptive", "SSIM averaged",
-               "SSIM white-box", "strongest SSIM [95% CI]", "re-id (strongest)", "MIA AUC loss", "MIA AUC LiRA",
+               "SSIM white-box", "strongest SSIM [95% CI]", "re-id (strongest)", "MIA AUC loss",
+               "MIA AUC LiRA [95% CI] (members vs held-out+test non-members)",
                "LiRA TPR@1%FPR", "label acc prior", "label acc gradients (better of norm, direction)",
                "label acc completion [95% CI]",
                "label fg Dice gradients / completion"]
@@ -105,8 +106,13 @@ def _strongest_cells(entry: dict) -> list[str]:
 def _mia(entry: dict) -> list[str]:
     if "mia" not in entry:
         return ["-", "-", "-"]
-    loss, lira = entry["mia"]["loss_threshold"], entry["mia"]["lira_offline"]
-    return [_num(loss["auc"]["mean"]), _num(lira["auc"]["mean"]), _num(lira["tpr_at_1pct_fpr"], 2)]
+    mia = entry["mia"]
+    loss, lira = mia["loss_threshold"], mia["lira_offline"]
+    auc = lira["auc"]
+    counted = (f" ({mia['members']} vs {mia['held_out_non_members']}+{mia['test_non_members']})"
+               if "members" in mia else "")
+    return [_num(loss["auc"]["mean"]), f"{auc['mean']:.3f} [{auc['ci95'][0]:.3f}, {auc['ci95'][1]:.3f}]{counted}",
+            _num(lira["tpr_at_1pct_fpr"], 2)]
 
 
 def _labels(entry: dict) -> list[str]:

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from inference.audit.audit_data import ClientAuditData, load_audit_data
+from inference.audit.audit_data import ClientAuditData, load_audit_data, load_test_non_members
 from inference.audit.image_metrics import summarise
 from inference.audit.inversion import (InversionBudget, decode, train_decoder, whitebox_inversion)
 from inference.audit.label_inference import label_inference
@@ -44,6 +44,7 @@ class AuditConfig:
     budget: InversionBudget = field(default_factory=InversionBudget)
     seed: int = 0
     device: str = "cpu"
+    raw_root: Path | None = None  # where the clients' labelled imagesTs add non-members to membership inference
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.attacks) - set(ATTACKS))
@@ -105,6 +106,9 @@ def audit_client(target: AuditTarget, config: AuditConfig, store: AuditStore,
                               source.checkpoint_path(target.results_root, target.plans_path), config.device)
     plan = load_plans(target.plans_path).client(target.client)
     data = load_audit_data(target.plans_path, plan, config.fold, config.private_cases, config.aux_patches, config.seed)
+    if "mia" in todo and config.raw_root is not None:
+        tests = load_test_non_members(config.raw_root, plan, store.root / "test_cases" / target.client)
+        data = replace(data, test_non_members=tests)
     for attack in todo:
         on_attack(target.run, target.client, attack)
         torch.manual_seed(config.seed)
@@ -162,23 +166,28 @@ def run_dcor(model: TrainedClientModel, data: ClientAuditData, config: AuditConf
 
 def run_membership(model: TrainedClientModel, data: ClientAuditData, config: AuditConfig, target: AuditTarget,
                    store: AuditStore) -> tuple[dict, dict]:
+    """Shadows train on halves of the fold's cases; the test cases (never trained on by anyone) are
+    scored as non-members under the target and as OUT cases under every shadow."""
     slice_axis = data.plan.slice_axis
     predictor = Predictor(model, PredictionSettings(mirror=False, device=config.device))
-    members = statistics(predictor.predict_logits, data.members, slice_axis)
-    non_members = statistics(predictor.predict_logits, data.non_members, slice_axis)
     population = data.members + data.non_members
+    scored = population + data.test_non_members
+    members = statistics(predictor.predict_logits, data.members, slice_axis)
+    non_members = statistics(predictor.predict_logits, data.non_members + data.test_non_members, slice_axis)
     inside = balanced_halves(len(population), config.shadows, config.seed)
-    shadow = np.stack([_shadow_statistics(model, population, inside[s], s, config, target, store)
+    shadow = np.stack([_shadow_statistics(model, population, scored, inside[s], s, config, target, store)
                        for s in range(config.shadows)])
-    lira = lira_offline_scores(np.r_[members, non_members], shadow, inside)
+    inside_scored = np.c_[inside, np.zeros((config.shadows, len(data.test_non_members)), dtype=bool)]
+    lira = lira_offline_scores(np.r_[members, non_members], shadow, inside_scored)
     return {"loss_threshold": evaluate_scores(members, non_members, config.seed).to_dict(),
             "lira_offline": evaluate_scores(lira[: len(members)], lira[len(members):], config.seed).to_dict(),
-            "shadows": config.shadows}, {}
+            "shadows": config.shadows, "members": len(members), "held_out_non_members": len(data.non_members),
+            "test_non_members": len(data.test_non_members)}, {}
 
 
-def _shadow_statistics(model: TrainedClientModel, population: list, inside: np.ndarray, index: int,
+def _shadow_statistics(model: TrainedClientModel, population: list, scored: list, inside: np.ndarray, index: int,
                        config: AuditConfig, target: AuditTarget, store: AuditStore) -> np.ndarray:
-    """Train (or reuse) one shadow model like the target, on its half of the population; score everyone."""
+    """Train (or reuse) one shadow model like the target, on its half of the population; score ``scored``."""
     folder = store.shadow_folder(target.run, target.client, index)
     train = tuple(c.case_id for c, keep in zip(population, inside) if keep)
     held_out = tuple(c.case_id for c, keep in zip(population, inside) if not keep)[:2]
@@ -189,7 +198,7 @@ def _shadow_statistics(model: TrainedClientModel, population: list, inside: np.n
                          ).run(resume=(folder / FINAL).is_file())
     shadow = load_client_model(target.plans_path, target.client, folder / FINAL, config.device)
     predictor = Predictor(shadow, PredictionSettings(mirror=False, device=config.device))
-    return statistics(predictor.predict_logits, population, model.plan.slice_axis)
+    return statistics(predictor.predict_logits, scored, model.plan.slice_axis)
 
 
 def run_labels(model: TrainedClientModel, data: ClientAuditData, config: AuditConfig, target: AuditTarget,

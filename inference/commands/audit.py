@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -18,7 +19,7 @@ from mucald_unet.devices import Device, resolve_device
 from mucald_unet.training.trainer import federation_results, trained_runs
 from planners.locate import client_names, find_client_plans
 from preprocessing.cli_support import DATASET_FLAGS, entry_points
-from preprocessing.paths import preprocessed_root, results_root
+from preprocessing.paths import RAW_ENV, preprocessed_root, raw_root, results_root
 
 app = typer.Typer(add_completion=False, help="Privacy audit of a trained federation: reconstruction and "
                                              "membership attacks by an honest-but-curious server.")
@@ -31,6 +32,9 @@ def audit(
     preprocessed: Annotated[Optional[Path], typer.Option(
         "--preprocessed", help="Preprocessed folder with the plans (default: $MUCALD_PREPROCESSED).")] = None,
     results: Annotated[Optional[Path], typer.Option("--results", help="Results folder (default: $MUCALD_RESULTS).")] = None,
+    raw: Annotated[Optional[Path], typer.Option(
+        "--raw", help="Raw datasets folder (default: $MUCALD_RAW): each client's labelled imagesTs join the "
+        "held-out fold as non-members of membership inference. Without either, the held-out fold alone.")] = None,
     runs: Annotated[Optional[str], typer.Option(
         "--runs", help="Comma-separated run folders to compare, e.g. splitfed,mucald,splitfed__gaussian-0.5 "
         "(default: every trained run of the federation).")] = None,
@@ -57,7 +61,7 @@ def audit(
     config = AuditConfig(attacks=tuple(a.strip() for a in attacks.split(",") if a.strip()), fold=fold,
                          checkpoint=checkpoint, private_cases=private_cases, shadows=shadows, seed=seed,
                          budget=InversionBudget(decoder_steps=decoder_steps, whitebox_steps=whitebox_steps),
-                         device=resolve_device(device))
+                         device=resolve_device(device), raw_root=_optional_raw(raw))
     store = AuditStore(output)
     console = Console(highlight=False, soft_wrap=True)
     total = len(chosen_runs) * len(clients) * len(config.attacks)
@@ -99,6 +103,11 @@ def _runs(results_dir: Path, plans_path: Path, runs: str | None, fold: int, chec
     if not found:
         raise PredictionError(f"{federation}: no trained runs for fold {fold}. Fix: run mucald_train first.")
     return found
+
+
+def _optional_raw(flag: Path | None) -> Path | None:
+    """The raw folder when given or set in the environment; None lets the audit do without it."""
+    return raw_root(flag) if flag is not None or os.environ.get(RAW_ENV) else None
 
 
 main, entry = entry_points(app, (*DATASET_FLAGS, "--federation"))

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from inference.audit.audit_data import load_audit_data
+from inference.audit.audit_data import load_audit_data, load_test_non_members
 from inference.audit.image_metrics import bootstrap, per_image_scores, reidentified, summarise
 from inference.audit.inversion import InversionBudget, decode, train_decoder, whitebox_inversion
 from inference.audit.label_inference import (by_gradient_direction, by_gradient_norm, complete_model, label_inference,
@@ -222,7 +223,7 @@ def test_audit_command_writes_report_numbers_and_grid_and_resumes(trained_run: T
                                                                  tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "audit"
-    argv = ["-d", "3", "-o", str(out), *trained_run.cli_roots(), "--runs", "splitfed,mucald",
+    argv = ["-d", "3", "-o", str(out), *trained_run.cli_roots(), "--raw", str(trained_run.raw), "--runs", "splitfed,mucald",
             "--private-cases", "4", "--shadows", "2", "--decoder-steps", "3", "--whitebox-steps", "3"]
     assert audit_main(argv) == 0
     numbers = json.loads((out / "audit.json").read_text())
@@ -232,6 +233,7 @@ def test_audit_command_writes_report_numbers_and_grid_and_resumes(trained_run: T
         assert entry["labels"]["resolution"] == list(load_plans(trained_run.plans_path).client(FETAL).patch_size)
         assert 0.0 <= entry["mia"]["lira_offline"]["auc"]["mean"] <= 1.0
         assert entry["dcor"]["samples"] == 4
+        assert entry["mia"]["test_non_members"] == 2 and entry["mia"]["held_out_non_members"] >= 1  # imagesTs join
     assert "| splitfed |" in (out / "report.md").read_text()
     assert (out / f"reconstructions_{FETAL}.png").stat().st_size > 0
     stored = (out / "results" / "mucald" / FETAL / "inverse.json").read_bytes()
@@ -241,6 +243,21 @@ def test_audit_command_writes_report_numbers_and_grid_and_resumes(trained_run: T
     assert audit_main(without_runs) == 0  # resumes: nothing is recomputed
     assert saved == [] and (out / "results" / "mucald" / FETAL / "inverse.json").read_bytes() == stored
     assert "runs: mucald, splitfed" in (out / "report.md").read_text()
+
+
+def test_labelled_test_cases_become_non_members_preprocessed_like_training_cases(trained_run: TrainedRun,
+                                                                                 tmp_path: Path) -> None:
+    plan = load_plans(trained_run.plans_path).client(FETAL)
+    tests = load_test_non_members(trained_run.raw, plan, tmp_path / "tests")
+    training = fetal_data(trained_run).members[0]
+    assert [c.case_id for c in tests] == ["fetus_008", "fetus_009"]
+    assert all(c.images.shape[0] == training.images.shape[0] == plan.in_channels for c in tests)
+    assert all(c.label.shape == c.images.shape[1:] and c.label.max() > 0 for c in tests)
+    assert abs(float(np.mean([c.images.mean() for c in tests]))) < 0.5  # z-scored like training
+    unlabelled = tmp_path / "raw"
+    shutil.copytree(trained_run.raw / FETAL, unlabelled / FETAL)
+    shutil.rmtree(unlabelled / FETAL / "labelsTs")
+    assert load_test_non_members(unlabelled, plan, tmp_path / "none") == []
 
 
 def test_audit_refuses_runs_that_were_not_trained(trained_run: TrainedRun, tmp_path: Path,
