@@ -64,6 +64,7 @@ class DefenceKind(str, Enum):
     NOPEEK = "nopeek"  # + strength x distance correlation(image tiles, split-1 feature tiles) in the loss
     QUANTISE = "quantise"  # what crosses split 1 keeps 2**strength levels per sample and channel
     ADVERSARY = "adversary"  # a simulated inversion decoder at the client; FE trained against it x strength
+    BOTTLENECK = "bottleneck"  # a learned 1x1 projection: only `strength` channels cross split 1
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,9 @@ class DefenceConfig:
                                                       1 <= self.strength <= MAX_BITS):
             raise TrainingError(f"quantise takes a whole number of bits from 1 to {MAX_BITS} (got {self.strength:g}). "
                                 "Fix: e.g. --defence quantise:4.")
+        if self.kind is DefenceKind.BOTTLENECK and self.strength != int(self.strength):
+            raise TrainingError(f"bottleneck takes a whole number of channels (got {self.strength:g}). "
+                                "Fix: e.g. --defence bottleneck:8.")
 
     @property
     def active(self) -> bool:
@@ -105,9 +109,13 @@ class DefenceConfig:
     def adversary_weight(self) -> float:
         return self.strength if self.kind is DefenceKind.ADVERSARY else 0.0
 
+    @property
+    def bottleneck_channels(self) -> int:
+        return int(self.strength) if self.kind is DefenceKind.BOTTLENECK else 0
+
     @classmethod
     def parse(cls, text: str | None) -> "DefenceConfig":
-        """``"gaussian:0.5"`` / ``"nopeek:0.1"`` / ``"quantise:4"`` / ``"adversary:0.5"`` / None."""
+        """``"gaussian:0.5"`` / ``"nopeek:0.1"`` / ``"quantise:4"`` / ``"adversary:0.5"`` / ``"bottleneck:8"`` / None."""
         if not text or text == DefenceKind.NONE.value:
             return cls()
         kind, _, value = text.partition(":")
@@ -115,7 +123,8 @@ class DefenceConfig:
             return cls(DefenceKind(kind.strip()), float(value))
         except ValueError:
             raise TrainingError(f"--defence {text!r} is not KIND:STRENGTH. Fix: use gaussian:SIGMA, "
-                                "nopeek:WEIGHT, quantise:BITS or adversary:WEIGHT, e.g. --defence gaussian:0.5.") from None
+                                "nopeek:WEIGHT, quantise:BITS, adversary:WEIGHT or bottleneck:CHANNELS, e.g. --defence "
+                                "gaussian:0.5.") from None
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 The client's head (FE -> CRDM1 -> split-1 defence) runs in training mode, so CRDM draws its
 timestep and noise as it does in every training step (and the Gaussian defence its noise); each
 call is a fresh draw, which is what an averaging attacker collects over rounds. The defence-free
-surrogate is FE alone: what a non-adaptive attacker assumes crosses.
+surrogate is FE alone (and a bottleneck's projection): what a non-adaptive attacker assumes crosses.
 """
 
 from __future__ import annotations
@@ -20,8 +20,9 @@ def transmitted(model: TrainedClientModel, images: Tensor, batch: int = 16) -> T
 
 
 def undefended(model: TrainedClientModel, images: Tensor, batch: int = 16) -> Tensor:
-    """FE features: what would cross without CRDM or a noise defence."""
-    return _batched(model.network.front_end, model, images, batch, training=False)
+    """FE features: what would cross without CRDM or a noise defence (through a channel
+    bottleneck's projection, which is the network itself rather than noise on top of it)."""
+    return _batched(lambda x: model.network.narrow(model.network.front_end(x)), model, images, batch, training=False)
 
 
 def averaged_transmissions(model: TrainedClientModel, images: Tensor, draws: int, batch: int = 16) -> Tensor:

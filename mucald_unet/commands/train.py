@@ -124,7 +124,8 @@ def train(
         "--defence", help="A defence at split 1: gaussian:SIGMA (noise on what crosses), nopeek:WEIGHT "
         "(distance-correlation penalty), quantise:BITS (2**BITS levels per sample and channel cross) or "
         "adversary:WEIGHT (attacker-aware training: FE trained against a simulated inversion decoder at the "
-        "client); the run folder gets a __gaussian-0.5 style suffix.")] = None,
+        "client) or bottleneck:CHANNELS (a learned 1x1 projection: only that many channels cross); the run "
+        "folder gets a __gaussian-0.5 style suffix.")] = None,
     capture_round: Annotated[Optional[int], typer.Option(
         "--capture-round", min=1, help="Keep every tensor that crosses the boundary in this round (1-based) in "
         "capture_roundNNN.pt: the server's view, for privacy audits.")] = None,

@@ -86,7 +86,8 @@ class SplitClient:
     def _build_optimizer(self) -> torch.optim.Optimizer:
         """Networks and denoisers at lr; exogenous encoders, SCMs and priors at aux_lr."""
         main = list(self.front_end.parameters()) + list(self.back_end.parameters())
-        main += list(self.network.inverter.parameters()) if self.network.inverter is not None else []
+        for optional in (self.network.inverter, self.network.bottleneck):
+            main += list(optional.parameters()) if optional is not None else []
         aux: list[nn.Parameter] = []
         for split in self.splits.values():
             main += list(split.denoiser.parameters()) if split.denoiser is not None else []

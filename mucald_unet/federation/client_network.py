@@ -15,9 +15,11 @@ import torch
 from torch import Tensor, nn
 
 from mucald_unet.config import Ablation, TrainingConfig
+from mucald_unet.errors import TrainingError
 from mucald_unet.crdm.causal_latent import NodeGraph
 from mucald_unet.crdm.noise_schedule import NoiseSchedule
 from mucald_unet.crdm.split_point import CausalDiffusionSplit, SplitOptions, SplitResult
+from mucald_unet.defences.bottleneck import ChannelBottleneck
 from mucald_unet.defences.gaussian import BoundaryNoise
 from mucald_unet.defences.inversion_adversary import SimulatedInverter
 from mucald_unet.defences.quantisation import BoundaryQuantiser
@@ -58,17 +60,24 @@ class ClientNetwork(nn.Module):
                                                           federation.causal.node_dim, schedule, options)
         # FedEM: the server returns one split-2 map per component; pi combines their predictions
         self.mixture = MixtureWeights(config.mixture_size) if config.mixture_size > 1 else None
+        dims, narrow = federation.server_segment.spatial_dims, config.defence.bottleneck_channels
+        if narrow and narrow >= federation.crossing_channels:
+            raise TrainingError(f"--defence bottleneck:{narrow} keeps all {federation.crossing_channels} channels that "
+                                f"cross at cut depth {federation.cut_depth}. Fix: fewer, e.g. bottleneck:"
+                                f"{max(1, federation.crossing_channels // 8)}.")
+        self.bottleneck = ChannelBottleneck(dims, federation.crossing_channels, narrow) if narrow else None
         weight = config.defence.adversary_weight
-        self.inverter = (SimulatedInverter(federation.server_segment.spatial_dims, federation.crossing_channels,
-                                           plan.in_channels, federation.crossing_pooling, weight)
+        self.inverter = (SimulatedInverter(dims, federation.crossing_channels, plan.in_channels,
+                                           federation.crossing_pooling, weight)
                          if weight > 0 else None)
 
     def parts(self) -> dict[str, nn.Module]:
         """The named parts a checkpoint stores one state dict for each."""
         mixture = {"mixture": self.mixture} if self.mixture is not None else {}
-        inverter = {"inverter": self.inverter} if self.inverter is not None else {}
+        optional = {name: module for name, module in (("inverter", self.inverter), ("bottleneck", self.bottleneck))
+                    if module is not None}
         return {"front_end": self.front_end, "back_end": self.back_end, **dict(self.splits.items()), **mixture,
-                **inverter}
+                **optional}
 
     def load_parts(self, states: dict[str, dict]) -> None:
         missing = sorted(set(self.parts()) - set(states))
@@ -86,12 +95,18 @@ class ClientNetwork(nn.Module):
 
     def head(self, images: Tensor, proxies: Tensor | None = None, mask: Tensor | None = None,
              noise_generator: torch.Generator | None = None) -> ClientHead:
-        """What crosses split 1: FE -> CRDM1 -> the Gaussian or quantisation defence (if any), with
-        CRDM1's losses and FE's skips."""
+        """What crosses split 1: FE -> CRDM1 -> the split-1 defence (if any), with CRDM1's losses and
+        FE's skips."""
         crossing, skips = self.front_end.encode(images)
         result = self.through_split("crdm1", crossing, proxies, mask, noise_generator)
-        features = self.boundary_quantiser(self.boundary_noise(result.features, noise_generator))
+        features = self.narrow(result.features)
+        features = self.boundary_quantiser(self.boundary_noise(features, noise_generator))
         return ClientHead(features, result.losses, skips)
+
+    def narrow(self, features: Tensor) -> Tensor:
+        """The channel bottleneck's projection (identity without one): the deterministic part of
+        the split-1 defence."""
+        return features if self.bottleneck is None else self.bottleneck(features)
 
     def decode(self, features: Tensor, skips: Sequence[Tensor]) -> Tensor:
         """BE on what came back (after CRDM2) and FE's skips; a mixture's M x B maps, stacked

@@ -24,7 +24,7 @@ from mucald_unet.errors import DivergenceError, TrainingError
 from mucald_unet.federation.aggregation import ClientReport, strategy_from_name, weighted_average
 from mucald_unet.federation.messages import VALIDATION_STEP, Kind, Message
 from mucald_unet.federation.strategies import SegmentSlot, StrategyContext
-from mucald_unet.networks.segments import build_middle
+from mucald_unet.networks.segments import build_middle, split1_channels
 from mucald_unet.training.optimization import apply_schedule, module_optimizer
 from planners.plans import FederationPlan
 
@@ -60,7 +60,8 @@ class SplitServer:
         self.method = config.method_spec
         self.weighting = strategy_from_name(config.aggregation)  # how much each client counts
         self.schedule = self.method.schedule(config)
-        self.global_segment = build_middle(federation, config.mixture_size).to(self.device)
+        self.global_segment = build_middle(federation, config.mixture_size,
+                                           split1_channels(federation, config.defence)).to(self.device)
         if self.method.single_segment:
             self.segments = {c: self.global_segment for c in self.clients}
             shared_optimizer = self._segment_optimizer(self.global_segment)
@@ -73,9 +74,10 @@ class SplitServer:
                                                              self._segment_optimizer))
         self.discriminators = nn.ModuleDict()
         if config.uses_daca:
-            dims, channels = federation.server_segment.spatial_dims, federation.crossing_channels
+            dims = federation.server_segment.spatial_dims
+            channels = {"split1": split1_channels(federation, config.defence), "split2": federation.crossing_channels}
             for split in ("split1", "split2"):
-                self.discriminators[split] = DomainDiscriminator(dims, channels, len(self.clients))
+                self.discriminators[split] = DomainDiscriminator(dims, channels[split], len(self.clients))
             self.discriminators.to(self.device)
         self.discriminator_optimizer = (torch.optim.Adam(self.discriminators.parameters(),
                                                          lr=config.optimizer.discriminator_lr, fused=True)

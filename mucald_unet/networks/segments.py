@@ -15,6 +15,7 @@ from monai.networks.blocks.dynunet_block import UnetBasicBlock, UnetOutBlock, Un
 from monai.networks.nets import DynUNet
 from torch import Tensor, nn
 
+from mucald_unet.config import DefenceConfig
 from mucald_unet.networks.mixture import MixtureSegment
 from planners.plans import ClientPlan, FederationPlan
 
@@ -93,13 +94,18 @@ def build_back_end(federation: FederationPlan, client: ClientPlan) -> BackEnd:
                    client.num_classes, client_stages(federation))
 
 
-def build_server_segment(federation: FederationPlan) -> DynUNet:
-    """The shared U-Net body below the cut; InstanceNorm so averaging it across clients averages
-    no statistics."""
+def split1_channels(federation: FederationPlan, defence: DefenceConfig) -> int:
+    """Channels of what crosses split 1: the cut's, or fewer behind a channel bottleneck."""
+    return defence.bottleneck_channels or federation.crossing_channels
+
+
+def build_server_segment(federation: FederationPlan, in_channels: int | None = None) -> DynUNet:
+    """The shared U-Net body below the cut, reading ``in_channels`` (default: the cut's width) and
+    returning the cut's width; InstanceNorm so averaging it across clients averages no statistics."""
     topology = federation.server_body()
     return DynUNet(
         spatial_dims=topology.spatial_dims,
-        in_channels=federation.crossing_channels,
+        in_channels=in_channels or federation.crossing_channels,
         out_channels=federation.crossing_channels,
         kernel_size=[list(k) for k in topology.kernel_sizes],
         strides=[list(s) for s in topology.strides],
@@ -110,9 +116,9 @@ def build_server_segment(federation: FederationPlan) -> DynUNet:
     )
 
 
-def build_middle(federation: FederationPlan, mixture_size: int = 1) -> nn.Module:
+def build_middle(federation: FederationPlan, mixture_size: int = 1, in_channels: int | None = None) -> nn.Module:
     """The server's segment of one client: the U-Net body, or (FedEM) a mixture of
     ``mixture_size`` bodies, each initialised from its own draw of the random state."""
     if mixture_size == 1:
-        return build_server_segment(federation)
-    return MixtureSegment([build_server_segment(federation) for _ in range(mixture_size)])
+        return build_server_segment(federation, in_channels)
+    return MixtureSegment([build_server_segment(federation, in_channels) for _ in range(mixture_size)])

@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 import torch
 
+from inference.audit.transmissions import transmitted, undefended
+from inference.model import load_client_model
 from mucald_unet.config import DefenceConfig, DefenceKind, Method, TrainingConfig
 from mucald_unet.defences.distance_correlation import distance_correlation, u_distance_correlation_sqr
 from mucald_unet.defences.nopeek import nopeek_loss, tiles
@@ -179,3 +181,27 @@ def test_attacker_aware_training_trains_the_inverter_at_the_client_and_keeps_it_
     assert "inverter" in saved  # a client part: checkpointed with FE and BE ...
     manifest = (folder / MANIFEST_FILE).read_text()
     assert "inverter" not in manifest and "decoder" not in manifest  # ... and never sent
+
+
+def test_a_channel_bottleneck_sends_fewer_channels_trains_end_to_end_and_predicts(tiny_federation: Path,
+                                                                                tmp_path: Path) -> None:
+    config = quick_config(method="mucald", iterations=2, defence=DefenceConfig.parse("bottleneck:4"))
+    folder = run_folder_for(tmp_path, tiny_federation, config)
+    run = FederatedTrainer(tiny_federation, CLIENTS, config, folder)
+    for crossing, features in split1_in_both_modes(run):
+        assert crossing.shape[1] == 4 and features.shape[1] == 16  # the plan's split width stays inside
+    before = run.clients[0].network.bottleneck.project.weight.detach().clone()
+    run.run()
+    assert not torch.equal(before, run.clients[0].network.bottleneck.project.weight)  # it learns
+    assert run.server.discriminators["split1"].features[1].in_channels == 4
+    model = load_client_model(tiny_federation, CLIENTS[0], folder / FINAL)
+    plan = model.plan
+    images = torch.randn(2, plan.in_channels, *plan.patch_size)
+    with torch.no_grad():
+        assert model(images).shape == (2, plan.num_classes, *plan.patch_size)
+    assert undefended(model, images).shape == transmitted(model, images).shape  # the audit's plain attacker fits
+    with pytest.raises(TrainingError, match="keeps all 16 channels"):
+        FederatedTrainer(tiny_federation, CLIENTS, quick_config(defence=DefenceConfig.parse("bottleneck:16")),
+                         tmp_path / "wide")
+    with pytest.raises(TrainingError, match="whole number of channels"):
+        DefenceConfig.parse("bottleneck:2.5")
