@@ -38,7 +38,7 @@ class Crossing:
 
 
 MESSAGES: tuple[Crossing, ...] = (
-    Crossing(Kind.FEATURES, "split1", UP, f"features {FEATURE_SHAPE}", "",
+    Crossing(Kind.FEATURES, "split1", UP, f"features {FEATURE_SHAPE}; --defence bottleneck:C: C channels", "",
              "every training step; every validation window (step -1)",
              "no: a function of the image (FE, CRDM1, the split-1 defence)"),
     Crossing(Kind.FEATURES, "split2", DOWN, f"features {FEATURE_SHAPE}; fedem: M x B maps, one per component",
@@ -46,7 +46,7 @@ MESSAGES: tuple[Crossing, ...] = (
     Crossing(Kind.GRADIENT, "split2", UP, f"gradient {FEATURE_SHAPE}; fedem: M x B", "", "every training step",
              "yes: d(segmentation loss + CRDM2's proxy loss)/d(split-2 features), computed from the "
              "labels and proxies (what split learning must send)"),
-    Crossing(Kind.GRADIENT, "split1", DOWN, f"gradient {FEATURE_SHAPE}", "", "reply to gradient/split2",
+    Crossing(Kind.GRADIENT, "split1", DOWN, f"gradient {FEATURE_SHAPE}; --defence bottleneck:C: C channels", "", "reply to gradient/split2",
              "yes: the client's split-2 gradient carried back through the server segment"),
     Crossing(Kind.WEIGHTS, "shared", UP, "crdm1/crdm2 exogenous encoder and denoiser state", "",
              "round end, runs with CRDM", "trained weights (like any federated weights)"),
