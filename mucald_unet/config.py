@@ -69,12 +69,23 @@ class DefenceKind(str, Enum):
 
 @dataclass(frozen=True)
 class DefenceConfig:
-    """A baseline defence at split 1, on any method's code path (``--defence gaussian:0.5``)."""
+    """The defences at split 1, on any method's code path: one (``--defence gaussian:0.5``) or several
+    of different kinds combined (``--defence bottleneck:8+quantise:2``). They act in a fixed order
+    whatever the order given: the bottleneck's projection, then the noise, then the quantiser; the
+    penalties (nopeek, adversary) read what crosses."""
 
     kind: DefenceKind = DefenceKind.NONE
     strength: float = 0.0
+    also: tuple[DefenceConfig, ...] = ()  # the defences combined with the first, each of another kind
 
     def __post_init__(self) -> None:
+        kinds = [self.kind, *(d.kind for d in self.also)]
+        if self.also and (not self.active or any(not d.active or d.also for d in self.also)):
+            raise TrainingError("a combined defence lists single defences, none of them 'none'. Fix: e.g. "
+                                "--defence bottleneck:8+quantise:2.")
+        if len(set(kinds)) != len(kinds):
+            raise TrainingError(f"--defence names {', '.join(k.value for k in kinds)}: each kind at most once. Fix: "
+                                "give every kind one strength.")
         if self.strength < 0 or (self.kind is not DefenceKind.NONE and self.strength == 0):
             raise TrainingError(f"defence strength must be > 0 (got {self.strength}). Fix: e.g. --defence gaussian:0.5.")
         if self.kind is DefenceKind.QUANTISE and not (self.strength == int(self.strength) and
@@ -90,41 +101,65 @@ class DefenceConfig:
         return self.kind is not DefenceKind.NONE
 
     @property
+    def layers(self) -> tuple[DefenceConfig, ...]:
+        """Each single defence, the first one first; none without a defence."""
+        return ((DefenceConfig(self.kind, self.strength), *self.also)) if self.active else ()
+
+    @property
     def label(self) -> str:
-        return f"{self.kind.value}-{self.strength:g}" if self.active else ""
+        return "+".join(f"{layer.kind.value}-{layer.strength:g}" for layer in self.layers)
+
+    def _strength_of(self, kind: DefenceKind) -> float:
+        return next((layer.strength for layer in self.layers if layer.kind is kind), 0.0)
 
     @property
     def gaussian_sigma(self) -> float:
-        return self.strength if self.kind is DefenceKind.GAUSSIAN else 0.0
+        return self._strength_of(DefenceKind.GAUSSIAN)
 
     @property
     def nopeek_weight(self) -> float:
-        return self.strength if self.kind is DefenceKind.NOPEEK else 0.0
+        return self._strength_of(DefenceKind.NOPEEK)
 
     @property
     def quantisation_bits(self) -> int:
-        return int(self.strength) if self.kind is DefenceKind.QUANTISE else 0
+        return int(self._strength_of(DefenceKind.QUANTISE))
 
     @property
     def adversary_weight(self) -> float:
-        return self.strength if self.kind is DefenceKind.ADVERSARY else 0.0
+        return self._strength_of(DefenceKind.ADVERSARY)
 
     @property
     def bottleneck_channels(self) -> int:
-        return int(self.strength) if self.kind is DefenceKind.BOTTLENECK else 0
+        return int(self._strength_of(DefenceKind.BOTTLENECK))
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"kind", "strength"}``, with ``"also"`` only for a combination (one defence's record is unchanged)."""
+        first = {"kind": self.kind.value, "strength": self.strength}
+        return {**first, "also": [layer.to_dict() for layer in self.also]} if self.also else first
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> DefenceConfig:
+        return cls(DefenceKind(data["kind"]), float(data["strength"]),
+                   tuple(cls.from_dict(layer) for layer in data.get("also", ())))
 
     @classmethod
     def parse(cls, text: str | None) -> "DefenceConfig":
-        """``"gaussian:0.5"`` / ``"nopeek:0.1"`` / ``"quantise:4"`` / ``"adversary:0.5"`` / ``"bottleneck:8"`` / None."""
+        """``"gaussian:0.5"`` / ``"nopeek:0.1"`` / ``"quantise:4"`` / ``"adversary:0.5"`` / ``"bottleneck:8"`` / None,
+        or several joined by ``+`` (``"bottleneck:8+quantise:2"``)."""
         if not text or text == DefenceKind.NONE.value:
             return cls()
-        kind, _, value = text.partition(":")
         try:
-            return cls(DefenceKind(kind.strip()), float(value))
+            first, *more = [cls._parse_one(part) for part in text.split("+")]
         except ValueError:
             raise TrainingError(f"--defence {text!r} is not KIND:STRENGTH. Fix: use gaussian:SIGMA, "
                                 "nopeek:WEIGHT, quantise:BITS, adversary:WEIGHT or bottleneck:CHANNELS, e.g. --defence "
-                                "gaussian:0.5.") from None
+                                "gaussian:0.5, or several joined by '+'.") from None
+        return cls(first.kind, first.strength, tuple(more))
+
+    @classmethod
+    def _parse_one(cls, text: str) -> DefenceConfig:
+        kind, _, value = text.partition(":")
+        return cls(DefenceKind(kind.strip()), float(value))
 
 
 @dataclass(frozen=True)
@@ -364,7 +399,7 @@ class TrainingConfig:
         data["optimizer"].update(kind=self.optimizer.kind.value, schedule=self.optimizer.schedule.value)
         data["ablations"] = sorted(a.value for a in self.ablations)
         data["augmentation"] = self.augmentation.to_dict()
-        data["defence"] = {"kind": self.defence.kind.value, "strength": self.defence.strength}
+        data["defence"] = self.defence.to_dict()
         return data
 
     @classmethod
@@ -378,7 +413,7 @@ class TrainingConfig:
         if "augmentation" in data:
             data["augmentation"] = AugmentationConfig.from_dict(data["augmentation"])
         if "defence" in data:
-            data["defence"] = DefenceConfig(DefenceKind(data["defence"]["kind"]), float(data["defence"]["strength"]))
+            data["defence"] = DefenceConfig.from_dict(data["defence"])
         data["method"] = Method(data.get("method", Method.MUCALD))
         data["ablations"] = frozenset(Ablation(a) for a in data.get("ablations", ()))
         known = {f.name for f in fields(cls)}
@@ -406,7 +441,8 @@ class TrainingConfig:
         return TrainingConfig.from_dict(data)
 
 
-_NOT_IN_NAME = frozenset({"method", "ablations", "defence.kind", "defence.strength", "device", "fold"})
+_NOT_IN_NAME = frozenset({"method", "ablations", "defence.kind", "defence.strength", "defence.also", "device",
+                          "fold"})
 _SHORT_NAMES = {"aggregation": "agg", "fedprox_mu": "mu", "local_norms": "local-norms", "crdm.eval_timestep": "eval-t",
                 "crdm.share_exogenous": "shared-exogenous", "crdm.train_at_eval_noise": "train-at-eval-noise",
                 "optimizer.lr": "lr", "optimizer.aux_lr": "aux-lr",

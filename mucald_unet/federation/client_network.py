@@ -24,7 +24,7 @@ from mucald_unet.defences.gaussian import BoundaryNoise
 from mucald_unet.defences.inversion_adversary import SimulatedInverter
 from mucald_unet.defences.quantisation import BoundaryQuantiser
 from mucald_unet.networks.mixture import MixtureWeights
-from mucald_unet.networks.segments import build_back_end, build_front_end
+from mucald_unet.networks.segments import build_back_end, build_front_end, split1_channels
 from planners.plans import ClientPlan, FederationPlan
 
 SPLITS = ("crdm1", "crdm2")
@@ -67,7 +67,7 @@ class ClientNetwork(nn.Module):
                                 f"{max(1, federation.crossing_channels // 8)}.")
         self.bottleneck = ChannelBottleneck(dims, federation.crossing_channels, narrow) if narrow else None
         weight = config.defence.adversary_weight
-        self.inverter = (SimulatedInverter(dims, federation.crossing_channels, plan.in_channels,
+        self.inverter = (SimulatedInverter(dims, split1_channels(federation, config.defence), plan.in_channels,
                                            federation.crossing_pooling, weight)
                          if weight > 0 else None)
 

@@ -205,3 +205,41 @@ def test_a_channel_bottleneck_sends_fewer_channels_trains_end_to_end_and_predict
                          tmp_path / "wide")
     with pytest.raises(TrainingError, match="whole number of channels"):
         DefenceConfig.parse("bottleneck:2.5")
+
+
+def test_combined_defences_parse_name_and_round_trip_and_refuse_repeats() -> None:
+    combined = DefenceConfig.parse("quantise:2+bottleneck:8")
+    assert combined.quantisation_bits == 2 and combined.bottleneck_channels == 8 and combined.gaussian_sigma == 0
+    assert [layer.kind for layer in combined.layers] == [DefenceKind.QUANTISE, DefenceKind.BOTTLENECK]
+    config = TrainingConfig(method=Method.SPLITFED, defence=combined)
+    assert config.run_name == "splitfed__quantise-2+bottleneck-8"
+    assert config.to_dict()["defence"] == {"kind": "quantise", "strength": 2.0,
+                                           "also": [{"kind": "bottleneck", "strength": 8.0}]}
+    assert TrainingConfig.from_dict(config.to_dict()) == config
+    single = TrainingConfig(defence=DefenceConfig.parse("quantise:2")).to_dict()["defence"]
+    assert single == {"kind": "quantise", "strength": 2.0}  # one defence is recorded as before
+    with pytest.raises(TrainingError, match="each kind at most once"):
+        DefenceConfig.parse("quantise:2+quantise:4")
+    with pytest.raises(TrainingError, match="whole number of bits"):
+        DefenceConfig.parse("bottleneck:8+quantise:2.5")
+    with pytest.raises(TrainingError, match="none of them 'none'"):
+        DefenceConfig(also=(DefenceConfig(DefenceKind.QUANTISE, 2),))
+
+
+def test_combined_defences_all_act_on_what_crosses_and_the_inverter_reads_the_narrowed_features(
+        tiny_federation: Path, tmp_path: Path) -> None:
+    config = quick_config(method="splitfed", iterations=2,
+                          defence=DefenceConfig.parse("adversary:0.5+quantise:2+bottleneck:4"))
+    folder = run_folder_for(tmp_path, tiny_federation, config)
+    run = FederatedTrainer(tiny_federation, CLIENTS, config, folder)
+    for crossing, _ in split1_in_both_modes(run):
+        assert crossing.shape[1] == 4  # the bottleneck's channels ...
+        assert max(len(torch.unique(crossing[b, c])) for b in range(2) for c in range(4)) <= 4  # ... quantised
+    run.run()
+    assert folder.parent.name.startswith("splitfed__adversary-0.5+quantise-2+bottleneck-4")
+    records = [json.loads(line) for line in (folder / LOG_FILE).read_text().splitlines()]
+    assert all(np.isfinite(r["losses"]["inversion"]) for r in records)
+    model = load_client_model(tiny_federation, CLIENTS[0], folder / FINAL)
+    images = torch.randn(2, model.plan.in_channels, *model.plan.patch_size)
+    with torch.no_grad():
+        assert model(images).shape == (2, model.plan.num_classes, *model.plan.patch_size)
