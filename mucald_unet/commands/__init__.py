@@ -1,4 +1,5 @@
-"""The training package's console command: ``mucald_train``.
+"""The training package's console commands: ``mucald_train``, and for a federation on separate machines
+``mucald_provision``, ``mucald_server`` and ``mucald_client``.
 
 Commands run offline: importing this package sets HF_HUB_OFFLINE (unless already set) before
 any command module imports diffusers, which reads it once.

@@ -7,6 +7,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
+import torch
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -14,7 +15,7 @@ from rich.table import Table
 
 from mucald_unet.config import (CrdmConfig, DefenceConfig, LrSchedule, Method, OptimizerConfig, OptimizerKind,
                                 StrategyOptions, TrainingConfig, parse_ablations)
-from mucald_unet.deployment import LOOPBACK_ENGINE
+from mucald_unet.deployment import KITS_ENGINE, LOOPBACK_ENGINE
 from mucald_unet.errors import TrainingError
 from mucald_unet.federation.strategies import method_names
 from mucald_unet.federation.transport import CaptureRequest
@@ -31,6 +32,7 @@ app = typer.Typer(add_completion=False, help="Train a planned federation split-f
 class Engine(str, Enum):
     in_process = "in-process"  # every client and the server in this process (the simulation)
     flare_loopback = LOOPBACK_ENGINE  # each site a FLARE process over mutual TLS on this machine
+    flare = KITS_ENGINE  # separate machines: the server from its kit here, each hospital from its own
 
 
 class WireDtype(str, Enum):
@@ -124,8 +126,9 @@ def train(
         "--defence", help="A defence at split 1: gaussian:SIGMA (noise on what crosses), nopeek:WEIGHT "
         "(distance-correlation penalty), quantise:BITS (2**BITS levels per sample and channel cross) or "
         "adversary:WEIGHT (attacker-aware training: FE trained against a simulated inversion decoder at the "
-        "client) or bottleneck:CHANNELS (a learned 1x1 projection: only that many channels cross); the run "
-        "folder gets a __gaussian-0.5 style suffix.")] = None,
+        "client) or bottleneck:CHANNELS (a learned 1x1 projection: only that many channels cross); several of "
+        "different kinds join with '+' (bottleneck:8+quantise:2). The run folder gets a __gaussian-0.5 style "
+        "suffix.")] = None,
     capture_round: Annotated[Optional[int], typer.Option(
         "--capture-round", min=1, help="Keep every tensor that crosses the boundary in this round (1-based) in "
         "capture_roundNNN.pt: the server's view, for privacy audits.")] = None,
@@ -133,11 +136,16 @@ def train(
         "--capture-clients", help="Comma-separated dataset ids of the clients to capture (default: all).")] = None,
     device: Annotated[Device, typer.Option("--device", help="auto uses CUDA when available.")] = Device.auto,
     engine: Annotated[Engine, typer.Option(
-        "--engine", help="in-process (the simulation), or flare-loopback: the server and every client as separate "
-        "NVIDIA FLARE processes over mutual TLS on this machine (needs the deploy extra; run name gets "
-        "__flare-loopback).")] = Engine.in_process,
+        "--engine", help="in-process (the simulation); flare-loopback: the server and every client as separate "
+        "NVIDIA FLARE processes over mutual TLS on this machine; flare: separate machines, this one the server "
+        "(--kit, --admin-kit; each hospital runs mucald_client). Both need the deploy extra; the run name gets "
+        "__flare-loopback or __flare.")] = Engine.in_process,
+    kit: Annotated[Optional[Path], typer.Option(
+        "--kit", help="With --engine flare: the server's startup kit (mucald_provision).")] = None,
+    admin_kit: Annotated[Optional[Path], typer.Option(
+        "--admin-kit", help="With --engine flare: the project admin's startup kit, which submits the job.")] = None,
     wire_dtype: Annotated[WireDtype, typer.Option(
-        "--wire-dtype", help="With --engine flare-loopback: float16 sends float32 tensors as float16 (half the "
+        "--wire-dtype", help="With a flare engine: float16 sends float32 tensors as float16 (half the "
         "bytes; run name gets __wire-float16).")] = WireDtype.float32,
     federation: Annotated[Optional[list[str]], typer.Option(
         "--federation", help="Train the -d clients under this federation's plan (its dataset ids, e.g. "
@@ -168,10 +176,11 @@ def train(
     names = client_names(plans_path, datasets)
     run_folder = run_folder_for(results_root(results), plans_path, config, names)
     console = Console(highlight=False)
-    if engine is Engine.flare_loopback or wire_dtype is WireDtype.float16:
-        _check_deployable(engine, capture_round)
-        summary = _train_deployed(plans_path, names, config, run_folder, wire_dtype, overwrite=overwrite, resume=resume)
-        _print_summary(console, summary, fold)
+    if engine is not Engine.in_process or wire_dtype is WireDtype.float16 or kit or admin_kit:
+        placement = _deployment(engine, capture_round, kit, admin_kit)
+        summary = _train_deployed(plans_path, names, config, run_folder, wire_dtype, placement,
+                                  results_root(results), overwrite=overwrite, resume=resume)
+        _print_summary(console, summary, fold, predictable=placement is None)
         return
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("eta"),
@@ -182,7 +191,7 @@ def train(
     _print_summary(console, summary, fold)
 
 
-def _print_summary(console: Console, summary, fold: int) -> None:
+def _print_summary(console: Console, summary, fold: int, predictable: bool = True) -> None:
     run_name = summary.run_folder.parent.name
     table = Table(title=f"{run_name}, fold {fold}: validation Dice after round {summary.rounds_done}")
     table.add_column("client")
@@ -190,31 +199,55 @@ def _print_summary(console: Console, summary, fold: int) -> None:
     for name, dice in summary.final_dice.items():
         table.add_row(name, f"{dice:.3f}")
     console.print(table)
-    console.print(f"best mean Dice {summary.best_score:.3f}; run folder: {summary.run_folder} "
-                  f"(mucald_predict --run {run_name})")
+    where = (f"(mucald_predict --run {run_name})" if predictable else
+             "(the server's records; each hospital keeps its own parts and records on its machine)")
+    console.print(f"best mean Dice {summary.best_score:.3f}; run folder: {summary.run_folder} {where}")
 
 
-def _check_deployable(engine: Engine, capture_round: int | None) -> None:
-    if engine is not Engine.flare_loopback:
-        raise TrainingError("--wire-dtype float16 is a deployment setting. Fix: add --engine flare-loopback.")
+def _deployment(engine: Engine, capture_round: int | None, kit: Path | None, admin_kit: Path | None):
+    """None for loopback; the server's kits for --engine flare; a TrainingError for a wrong combination."""
+    if engine is Engine.in_process:
+        raise TrainingError("--wire-dtype float16, --kit and --admin-kit are deployment settings. Fix: add "
+                            "--engine flare-loopback (one machine) or --engine flare (separate machines).")
     if capture_round is not None:
-        raise TrainingError("--engine flare-loopback does not capture yet. Fix: drop --capture-round, or train "
+        raise TrainingError(f"--engine {engine.value} does not capture yet. Fix: drop --capture-round, or train "
                             "in-process.")
+    if engine is Engine.flare_loopback:
+        if kit or admin_kit:
+            raise TrainingError("--engine flare-loopback provisions its own kits. Fix: drop --kit and --admin-kit, "
+                                "or use --engine flare to train from issued kits.")
+        return None
+    if kit is None or admin_kit is None:
+        raise TrainingError("--engine flare starts the server from its kit and submits with the admin's. Fix: give "
+                            "--kit SERVER_KIT and --admin-kit ADMIN_KIT (mucald_provision's KITS.md lists them).")
+    try:
+        from mucald_unet.deployment.deployed_run import ServerKits
+        from mucald_unet.deployment.site_kits import Kit
+    except ImportError as missing:
+        raise TrainingError(f"--engine flare needs NVIDIA FLARE ({missing}). Fix: pip install 'mucald[deploy]'.") from None
+    return ServerKits(Kit(kit.resolve()).expect("server"), Kit(admin_kit.resolve()).expect("admin"))
 
 
 def _train_deployed(plans_path, names: list[str], config: TrainingConfig, run_folder: Path, wire_dtype: WireDtype,
-                    *, overwrite: bool, resume: bool):
-    """Train through FLARE on loopback into ``<run name>__flare-loopback[__wire-float16]``."""
+                    kits, results: Path, *, overwrite: bool, resume: bool):
+    """Train through FLARE into ``<run name>__flare-loopback[__wire-float16]`` (``kits`` None: on this
+    machine) or ``<run name>__flare[__wire-float16]`` (the server's side, from its kits)."""
     try:
-        from mucald_unet.deployment.loopback_run import train_on_loopback
+        from mucald_unet.deployment.deployed_run import train_from_kits, train_on_loopback
     except ImportError as missing:
-        raise TrainingError(f"--engine flare-loopback needs NVIDIA FLARE ({missing}). Fix: pip install "
+        raise TrainingError(f"a flare engine needs NVIDIA FLARE ({missing}). Fix: pip install "
                             "'mucald[deploy]'.") from None
     # a deployed run is not bit-equal to an in-process one (clients step in arrival order): its own name
-    labels = [LOOPBACK_ENGINE] + (["wire-float16"] if wire_dtype is WireDtype.float16 else [])
+    labels = [LOOPBACK_ENGINE if kits is None else KITS_ENGINE]
+    labels += ["wire-float16"] if wire_dtype is WireDtype.float16 else []
     deployed_folder = run_folder.parent.parent / "__".join([run_folder.parent.name, *labels]) / run_folder.name
-    return train_on_loopback(plans_path, names, config, deployed_folder, overwrite=overwrite,
-                             narrow_wire=wire_dtype is WireDtype.float16, resume=resume)
+    narrow = wire_dtype is WireDtype.float16
+    if kits is None:
+        return train_on_loopback(plans_path, names, config, deployed_folder, overwrite=overwrite, narrow_wire=narrow,
+                                 resume=resume)
+    return train_from_kits(plans_path, names, config, deployed_folder, kits,
+                           deployed_folder.relative_to(results).as_posix(), overwrite=overwrite,
+                           threads=torch.get_num_threads(), narrow_wire=narrow, resume=resume)
 
 
 # the flag (its parameter name) that sets each setting a preset may name

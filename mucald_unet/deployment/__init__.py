@@ -4,3 +4,4 @@ The roles are ``training/runners.py``'s; this package carries their messages ove
 """
 
 LOOPBACK_ENGINE = "flare-loopback"  # mucald_train --engine's name for it, and the label of its run names
+KITS_ENGINE = "flare"  # mucald_server: the server from its startup kit, each hospital from its own

@@ -15,7 +15,10 @@ whole job instead (no setting changes that); the driver resubmits it the same wa
 the crash hit is trained again.
 
 Constructor arguments are plain values (paths as text, the training config as a dict): FLARE writes
-them into the job's configuration and builds the objects again in each site's process.
+them into the job's configuration and builds the objects again in each site's process. On separate
+machines the job carries no client path: each client site reads its plans, results folder and threads
+from its own kit (``site_kits.SiteSettings``), and the server refuses at the join a site whose plan is
+not its own.
 """
 
 from __future__ import annotations
@@ -30,12 +33,13 @@ from nvflare.collab import collab
 
 from mucald_unet.config import TrainingConfig
 from mucald_unet.deployment.collab_transport import CollabTransport
+from mucald_unet.deployment.site_kits import SITES_FOLDER, SiteSettings
 from mucald_unet.errors import TrainingError
 from mucald_unet.federation.messages import Direction, Kind, ManifestEntry, Message
 from mucald_unet.federation.transport import append_manifest
 from mucald_unet.federation.wire import WireError, decode, encode
 from mucald_unet.training.augmentation import seed_augmentation
-from mucald_unet.training.checkpoint import load_plain, save_plain
+from mucald_unet.training.checkpoint import load_plain, save_plain, site_plans_digest
 from mucald_unet.training.run_log import RunLog
 from mucald_unet.training.runners import ClientRunner, ServerRunner, load_client_data
 from planners.plans import load_plans
@@ -100,7 +104,8 @@ class FlareServerApp:
         torch.set_num_threads(self.threads)
         config = TrainingConfig.from_dict(self.config)
         torch.manual_seed(config.seed)
-        self._runner = ServerRunner(load_plans(Path(self.plans_path)), self.clients, config)
+        self._plans = load_plans(Path(self.plans_path))
+        self._runner = ServerRunner(self._plans, self.clients, config)
         self.folder.mkdir(parents=True, exist_ok=True)
         if self.resume and (self.folder / STATE_FILE).is_file():
             state = load_plain(self.folder / STATE_FILE)
@@ -134,6 +139,7 @@ class FlareServerApp:
         sites = list(self.clients)
         joined = _completed(self._group(sites).join(self._rounds_done), "join")
         RunLog(self.folder / LOG_FILE).append({"event": "join", "resumed_at": self._rounds_done, "sites": joined})
+        self._check_site_plans(joined)
         _completed(self._group(sites).fetch_roster(), "roster")
         history = []
         for round_index in range(self._rounds_done, int(self.config["rounds"])):
@@ -162,6 +168,15 @@ class FlareServerApp:
                 break  # the job ends here; the next one starts at the next round with every site that is up
         return history
 
+    def _check_site_plans(self, joined: dict[str, dict]) -> None:
+        """Every site must train the plan the server trains: the shared federation plan and its own."""
+        differing = sorted(site for site, answer in joined.items()
+                           if answer.get("plans_digest") != site_plans_digest(self._plans, site))
+        if differing:
+            raise TrainingError(f"{', '.join(differing)} planned with another plans.json than the server's "
+                                f"{self.plans_path}. Fix: give every site the plans.json the server trains with, "
+                                "preprocess its cases with it (mucald_plan_and_preprocess), and start again.")
+
     def _close_round(self, round_index: int, survivors: list[str], lost: dict[str, str]) -> None:
         """Drop the sites lost in training; the round must then be aggregated over enough reporters."""
         if len(survivors) < self.min_clients:
@@ -177,12 +192,15 @@ class FlareServerApp:
 class FlareClientApp:
     """A client site: builds its ``ClientRunner`` from its own cases and answers the server's phases."""
 
-    def __init__(self, plans_path: str, config: dict, results: str, call_timeout: float = 600.0,
-                 threads: int = 1, narrow_wire: bool = False, resume: bool = False) -> None:
-        self.plans_path, self.config, self.results = plans_path, dict(config), results
+    def __init__(self, plans_path: str | None, config: dict, results: str | None, call_timeout: float = 600.0,
+                 threads: int = 1, narrow_wire: bool = False, resume: bool = False, run_path: str = "") -> None:
+        """``plans_path`` and ``results`` None: each site reads its own from its kit (separate machines),
+        and keeps its records under ``<its results>/<run_path>/sites/<site>``."""
+        self.plans_path, self.config, self.results, self.run_path = plans_path, dict(config), results, run_path
         self.call_timeout, self.threads, self.narrow_wire, self.resume = call_timeout, threads, narrow_wire, resume
         self._rounds_done = 0
-        self.folder = Path(results)  # <results>/<site> once the site knows its name (``start``)
+        self.folder = Path(results or ".")  # <results>/<site> once the site knows its name (``start``)
+        self._plans_digest = ""
         self._runner: ClientRunner | None = None
         self._transport: CollabTransport | None = None
         self._terms: dict[str, float] = {}
@@ -190,12 +208,13 @@ class FlareClientApp:
 
     @collab.init
     def start(self) -> None:
-        torch.set_num_threads(self.threads)
+        plans_path, results, threads = self._site_paths()
+        torch.set_num_threads(threads)
         config = TrainingConfig.from_dict(self.config)
-        plans_path = Path(self.plans_path)
         plans = load_plans(plans_path)
         name = plans.client(collab.site_name).dataset_name  # a site is named by its dataset
-        self.folder = Path(self.results) / name
+        self._plans_digest = site_plans_digest(plans, name)
+        self.folder = results / name
         self.folder.mkdir(parents=True, exist_ok=True)
         state = load_plain(self.folder / STATE_FILE) if self.resume and (self.folder / STATE_FILE).is_file() else None
         self._rounds_done = int(state["rounds_done"]) if state else 0
@@ -209,6 +228,13 @@ class FlareClientApp:
         if state is not None:
             self._runner.load_state_dict(state["client"], state["last_val_loss"])
 
+    def _site_paths(self) -> tuple[Path, Path, int]:
+        """The plans, the records' folder and the threads: the job's on one machine, else the site's own."""
+        if self.plans_path is not None:
+            return Path(self.plans_path), Path(self.results), self.threads
+        settings = SiteSettings.read(Path(collab.workspace.get_site_config_dir()))
+        return settings.plans, settings.results / self.run_path / SITES_FOLDER, settings.threads
+
     @collab.publish
     def join(self, next_round: int) -> dict:
         """Join; a site whose saved state is behind the server's (it missed rounds) fetches the last
@@ -219,7 +245,7 @@ class FlareClientApp:
             self._runner.catch_up(next_round)
             self._save_state(next_round)
         drop_unsaved_records(self.folder, next_round)  # records of a round it missed stay: it took part
-        return {"rounds_done": self._rounds_done, "caught_up": behind}
+        return {"rounds_done": self._rounds_done, "caught_up": behind, "plans_digest": self._plans_digest}
 
     @collab.publish
     def fetch_roster(self) -> float:

@@ -3,8 +3,10 @@
 ``run_on_loopback``: FLARE's POC mode provisions a project (a startup kit with mutual-TLS
 certificates per site), starts the server and each client as its own FLARE process on localhost,
 submits the job as the project admin and waits for it, keeping everything FLARE writes under the
-given workspace. A job that ended early because a site was lost is followed by the next one, with
-``resume``, until the rounds are done or a job makes no progress.
+given workspace. ``run_from_kits``: the same job on separate machines, from ``mucald_provision``'s
+kits: the server runs from its kit here, the hospitals' sites from theirs wherever they are. Either
+way a job that ended early because a site was lost is followed by the next one, with ``resume``,
+until the rounds are done or a job makes no progress.
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import signal
 import socket
+import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,6 +29,7 @@ from nvflare.recipe import PocEnv, ProdEnv
 from mucald_unet.config import TrainingConfig
 from mucald_unet.deployment.flare_apps import SERVER_FOLDER, FlareClientApp, FlareServerApp, saved_rounds
 from mucald_unet.deployment.provisioning import ProvisionRequest, project_config
+from mucald_unet.deployment.site_kits import Kit
 from mucald_unet.errors import TrainingError
 from preprocessing.atomic import write_json_atomic
 
@@ -48,19 +53,24 @@ class FlareJob:
     narrow_wire: bool = False  # float32 tensors cross as float16 (--wire-dtype float16)
     resume: bool = False  # every site starts from its own saved state under ``results``
     min_clients: int = 1  # live sites below which FLARE aborts the job and a round is refused
+    sites_from_kits: bool = False  # separate machines: each client site reads its paths from its own kit
+    run_path: str = ""  # with sites_from_kits: the run's folder below each site's results root
 
     @property
     def rounds_done(self) -> int:
-        """Rounds that the server and every site have saved: where a resumed job starts for all."""
-        return min(saved_rounds(self.results / folder) for folder in (SERVER_FOLDER, *self.clients))
+        """Rounds that the server and every site have saved: where a resumed job starts for all. On
+        separate machines the server's own count (a site never saves a round before the server)."""
+        folders = (SERVER_FOLDER,) if self.sites_from_kits else (SERVER_FOLDER, *self.clients)
+        return min(saved_rounds(self.results / folder) for folder in folders)
 
 
 def flare_recipe(job: FlareJob) -> CollabRecipe:
     config = job.config.to_dict()
     server = FlareServerApp(str(job.plans_path), list(job.clients), config, str(job.results),
                             job.call_timeout, job.threads, job.narrow_wire, job.resume, job.min_clients)
-    client = FlareClientApp(str(job.plans_path), config, str(job.results), job.call_timeout, job.threads,
-                            job.narrow_wire, job.resume)
+    client_paths = (None, None) if job.sites_from_kits else (str(job.plans_path), str(job.results))
+    client = FlareClientApp(client_paths[0], config, client_paths[1], job.call_timeout, job.threads,
+                            job.narrow_wire, job.resume, job.run_path)
     recipe = CollabRecipe(job_name=JOB_NAME, server=server, client=client, min_clients=job.min_clients,
                           sync_task_timeout=job.call_timeout)
     fed_job = recipe._job  # CollabRecipe exposes its FedJob only as ``_job``
@@ -101,27 +111,47 @@ def run_on_loopback(job: FlareJob, workspace: Path, timeout: float = 3600.0,
     failed the job because a site's process died) is followed by one with ``resume`` on the running
     sites, which starts at the last round every party saved; a crash costs the round it hit. The run
     stops with an error after ``retries_without_progress`` + 1 jobs in a row that saved no round."""
-    rounds, statuses, stalled = job.config.rounds, [], 0
     with flare_home(workspace) as root:
         env = PocEnv(project_conf_path=str(loopback_project(job.clients, root)), username=POC_ADMIN)
-        submit_to = env
         try:
-            while True:
-                before = job.rounds_done
-                statuses.append(_run_job(flare_recipe(job), submit_to, timeout))
-                if job.rounds_done >= rounds:
-                    break
-                stalled = 0 if job.rounds_done > before else stalled + 1
-                if stalled > retries_without_progress:
-                    raise TrainingError(f"{stalled} FLARE job(s) in a row saved no round past {before} (statuses: "
-                                        f"{', '.join(statuses)}). Fix: read the site logs under "
-                                        f"{Path(workspace) / 'poc'}.")
-                job = dataclasses.replace(job, resume=True)
-                submit_to = ProdEnv(str(poc_admin_kit(root)), login_timeout=30.0, username=POC_ADMIN)
+            return _jobs_until_done(job, env, lambda: ProdEnv(str(poc_admin_kit(root)), login_timeout=30.0,
+                                                              username=POC_ADMIN),
+                                    timeout, retries_without_progress, Path(workspace) / "poc")
         finally:
             env.stop(clean_up=False)
             stop_processes_under(Path(workspace).resolve())
-    return statuses
+
+
+def run_from_kits(job: FlareJob, server_kit: Kit, admin_kit: Kit, timeout: float = 24 * 3600.0,
+                  retries_without_progress: int = 1, login_timeout: float = 120.0) -> list[str]:
+    """Start the FLARE server from its kit on this machine, submit the job as the admin once the
+    server answers (FLARE holds it until every site has connected from its own kit), follow it with
+    resumed jobs as ``run_on_loopback`` does, and stop the server; FLARE's status of each job.
+    The server's console goes to ``server_console.txt`` in its kit (FLARE's own log.txt is beside it)."""
+    server = server_kit.expect("server").start(server_kit.folder / "server_console.txt")
+    try:
+        env = ProdEnv(str(admin_kit.expect("admin").folder), login_timeout=login_timeout,
+                      username=admin_kit.admin_name)
+        return _jobs_until_done(job, env, lambda: env, timeout, retries_without_progress, server_kit.folder)
+    finally:
+        stop_process_group(server)
+
+
+def _jobs_until_done(job: FlareJob, first_env, next_env, timeout: float, retries_without_progress: int,
+                     logs: Path) -> list[str]:
+    rounds, statuses, stalled = job.config.rounds, [], 0
+    submit_to = first_env
+    while True:
+        before = job.rounds_done
+        statuses.append(_run_job(flare_recipe(job), submit_to, timeout))
+        if job.rounds_done >= rounds:
+            return statuses
+        stalled = 0 if job.rounds_done > before else stalled + 1
+        if stalled > retries_without_progress:
+            raise TrainingError(f"{stalled} FLARE job(s) in a row saved no round past {before} (statuses: "
+                                f"{', '.join(statuses)}). Fix: read the site logs under {logs}.")
+        job = dataclasses.replace(job, resume=True)
+        submit_to = next_env()
 
 
 def _run_job(recipe: CollabRecipe, env, timeout: float) -> str:
@@ -158,6 +188,19 @@ def free_ports(count: int) -> list[int]:
         for probe in probes:
             probe.bind(("localhost", 0))
         return [probe.getsockname()[1] for probe in probes]
+
+
+def stop_process_group(process, grace: float = 30.0) -> None:
+    """Stop a process started in its own session and everything it started (SIGTERM, then SIGKILL)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        pass
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
 
 
 def stop_processes_under(workspace: Path, grace: float = 30.0) -> list[int]:

@@ -39,8 +39,18 @@ TORCH_LEAVES = (torch.Tensor, torch.Size, torch.dtype, torch.device)  # weights_
 
 
 def plans_digest(plans: Plans) -> str:
-    text = json.dumps(plans_to_dict(plans), sort_keys=True)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+    return _digest(plans_to_dict(plans))
+
+
+def site_plans_digest(plans: Plans, site: str) -> str:
+    """What a site and the server must agree on: the shared federation plan and that site's own plan
+    (a site's copy of the other sites' plans does not matter to them)."""
+    document = plans_to_dict(plans)
+    return _digest({"federation": document["federation"], "client": document["clients"][site]})
+
+
+def _digest(document: dict) -> str:
+    return hashlib.sha256(json.dumps(document, sort_keys=True).encode("utf-8")).hexdigest()[:16]
 
 
 @dataclass

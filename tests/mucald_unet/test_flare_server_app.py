@@ -1,7 +1,8 @@
 """The FLARE server app's round logic without FLARE: its group calls answered by real client runners
 in this process. A site that fails in the middle of a round's training is dropped, the round is
 averaged over the others and recorded with the reason, and the job ends for the driver to resubmit;
-with fewer survivors than ``min_clients`` the run stops naming the lost site."""
+with fewer survivors than ``min_clients`` the run stops naming the lost site; a site whose plan is not
+the server's is refused at the join, before anything trains."""
 
 from __future__ import annotations
 
@@ -15,9 +16,9 @@ from mucald_unet.deployment.flare_apps import LOG_FILE, SERVER_FOLDER, STATE_FIL
 from mucald_unet.errors import TrainingError
 from mucald_unet.federation.messages import Message
 from mucald_unet.federation.transport import InMemoryTransport
-from mucald_unet.training.checkpoint import load_plain
+from mucald_unet.training.checkpoint import load_plain, site_plans_digest
 from mucald_unet.training.runners import ClientRunner, load_client_data
-from planners.plans import load_plans
+from planners.plans import PLANS_FILE, load_plans
 from tests.conftest import CLIENTS
 from tests.mucald_unet.conftest import quick_config
 
@@ -52,8 +53,8 @@ class GroupResults(list):
 class Group:
     """``collab.get_clients(sites)(timeout=...)``: each method is called on every site in turn."""
 
-    def __init__(self, sites: list[str], runners: dict[str, ClientRunner]) -> None:
-        self.sites, self.runners = sites, runners
+    def __init__(self, sites: list[str], runners: dict[str, ClientRunner], digests: dict[str, str]) -> None:
+        self.sites, self.runners, self.digests = sites, runners, digests
 
     def _each(self, call) -> GroupResults:
         results, failures = [], {}
@@ -65,7 +66,8 @@ class Group:
         return GroupResults(results, failures)
 
     def join(self, next_round: int) -> GroupResults:
-        return self._each(lambda runner: runner.join() or {"rounds_done": next_round, "caught_up": False})
+        return self._each(lambda runner: runner.join() or {"rounds_done": next_round, "caught_up": False,
+                                                           "plans_digest": self.digests[runner.name]})
 
     def fetch_roster(self) -> GroupResults:
         return self._each(lambda runner: runner.fetch_roster())
@@ -77,7 +79,9 @@ class Group:
         return self._each(lambda runner: {"mean_val_dice": runner.finish_round(round_index).mean_dice})
 
 
-def server_app_with_sites(plans_path: Path, results: Path, min_clients: int) -> FlareServerApp:
+def server_app_with_sites(plans_path: Path, results: Path, min_clients: int,
+                          victim_plans: Path | None = None) -> FlareServerApp:
+    """``victim_plans``: the plans the victim site planned with (default: the server's)."""
     config = quick_config(method="mucald", rounds=ROUNDS, iterations=ITERATIONS)
     app = FlareServerApp(str(plans_path), list(CLIENTS), config.to_dict(), str(results), min_clients=min_clients)
     app.start()
@@ -85,7 +89,9 @@ def server_app_with_sites(plans_path: Path, results: Path, min_clients: int) -> 
     link = InMemoryTransport(app._runner)
     runners = {name: ClientRunner(name, plans, config, load_client_data(plans_path, plans, name, config),
                                   CutLink(link) if name == VICTIM else link) for name in CLIENTS}
-    app._group = lambda sites: Group(sites, runners)  # in place of FLARE's group call
+    digests = {name: site_plans_digest(load_plans(victim_plans if name == VICTIM and victim_plans else plans_path),
+                                       name) for name in CLIENTS}
+    app._group = lambda sites: Group(sites, runners, digests)  # in place of FLARE's group call
     return app
 
 
@@ -116,3 +122,16 @@ def test_fewer_survivors_than_min_clients_stop_the_run_naming_the_lost_site(tiny
                                             rf"required; lost: .*{VICTIM}"):
         app.run()
     assert load_plain(tmp_path / SERVER_FOLDER / STATE_FILE)["rounds_done"] == 1  # round 0 stays saved
+
+
+def test_a_site_planned_with_another_plan_is_refused_at_the_join(tiny_federation: Path, tmp_path: Path) -> None:
+    document = json.loads(tiny_federation.read_text())
+    document["clients"][VICTIM]["batch_size"] += 1  # the site's own plan differs from the server's copy
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / PLANS_FILE).write_text(json.dumps(document))
+    torch.manual_seed(0)
+    app = server_app_with_sites(tiny_federation, tmp_path, min_clients=1, victim_plans=tmp_path / "site" / PLANS_FILE)
+    with pytest.raises(TrainingError, match=rf"^{VICTIM} planned with another plans.json than the server's .*Fix: "
+                                            "give every site the plans.json the server trains with"):
+        app.run()
+    assert not (tmp_path / SERVER_FOLDER / STATE_FILE).exists()  # refused before any round

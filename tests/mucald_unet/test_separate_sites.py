@@ -1,0 +1,109 @@
+"""A federation on separate machines, as hospitals run it: ``mucald_provision`` issues the kits, each
+hospital holds only the plan and its own preprocessed cases in its own folders and runs
+``mucald_client`` from its kit, and the server, which holds the plan and no case at all, runs
+``mucald_server`` from its kit and submits with the admin's. Every process talks over mutual TLS on
+loopback; each side's records land on its own "machine" only, the two sides' manifests agree entry by
+entry (only features, gradients, weights and counts crossed), and every process is stopped by pid."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mucald_unet.commands.provision import main as provision_main
+from mucald_unet.commands.server import main as server_main
+from mucald_unet.deployment.flare_apps import LOG_FILE, MANIFEST_FILE, SERVER_FOLDER, STATE_FILE
+from mucald_unet.deployment.flare_job import free_ports, stop_processes_under
+from mucald_unet.deployment.site_kits import SITE_SETTINGS_FILE, SITES_FOLDER
+from mucald_unet.training.checkpoint import load_plain
+from planners.plans import PLANS_FILE
+from tests.conftest import CLIENTS
+
+ROUNDS, ITERATIONS = 2, 2
+ADMIN = "admin@hospital.org"
+
+
+def machine_with(machine: Path, plans_path: Path, own_dataset: str | None) -> Path:
+    """A machine's preprocessed folder: the federation's plan, and the cases of its own dataset only."""
+    federation = machine / "preprocessed" / plans_path.parent.name
+    federation.mkdir(parents=True)
+    shutil.copy2(plans_path, federation / PLANS_FILE)
+    if own_dataset is not None:
+        shutil.copytree(plans_path.parent / own_dataset, federation / own_dataset)
+    return machine / "preprocessed"
+
+
+def read_lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def start_hospital(kit: Path, machine: Path) -> subprocess.Popen:
+    console = open(machine / "console.txt", "wb")  # noqa: SIM115 - the process owns it until it is stopped
+    return subprocess.Popen([sys.executable, "-m", "mucald_unet.commands.client", "--kit", str(kit),
+                             "--preprocessed", str(machine / "preprocessed"), "--results", str(machine / "results"),
+                             "--threads", "1"], env={**os.environ, "HOME": str(machine)},
+                            stdout=console, stderr=subprocess.STDOUT)
+
+
+def test_hospitals_and_the_server_train_from_their_own_kits_and_folders(tiny_federation: Path,
+                                                                         tmp_path: Path) -> None:
+    user_settings = Path.home() / ".nvflare"
+    had_settings = user_settings.exists()
+    fed_port, admin_port = free_ports(2)
+    assert provision_main(["-o", str(tmp_path / "kits"), "--server", "localhost", "--sites", *CLIENTS, "--admin",
+                           ADMIN, "--fed-port", str(fed_port), "--admin-port", str(admin_port)]) == 0
+    prod = next((tmp_path / "kits" / "workspace" / "mucald").glob("prod_*"))
+    server_machine = tmp_path / "server"
+    server_preprocessed = machine_with(server_machine, tiny_federation, None)
+    hospitals = {}
+    try:
+        for site in CLIENTS:
+            machine_with(tmp_path / site, tiny_federation, site)
+            hospitals[site] = start_hospital(prod / site, tmp_path / site)
+        code = server_main(["-d", "1", "2", "3", "--preprocessed", str(server_preprocessed), "--results",
+                            str(server_machine / "results"), "--kit", str(prod / "localhost"), "--admin-kit",
+                            str(prod / ADMIN), "--rounds", str(ROUNDS), "--iters", str(ITERATIONS),
+                            "--wire-dtype", "float16"])
+    finally:
+        for process in hospitals.values():
+            process.send_signal(signal.SIGTERM)  # mucald_client stops its FLARE client with everything it started
+        exit_codes = [process.wait(timeout=60) for process in hospitals.values()]
+        leftovers = stop_processes_under(tmp_path.resolve(), grace=10)
+    consoles = {site: (tmp_path / site / "console.txt").read_text(errors="replace")[-1500:] for site in CLIENTS}
+    assert code == 0, consoles
+    assert leftovers == [] and all(c is not None for c in exit_codes)
+    assert user_settings.exists() == had_settings  # FLARE's settings in the user's home are not touched
+
+    (run_folder,) = (server_machine / "results").glob("*/*__flare__wire-float16/fold_0")
+    assert sorted(p.name for p in (run_folder / SITES_FOLDER).iterdir()) == [SERVER_FOLDER]  # no site's records
+    server_records = run_folder / SITES_FOLDER / SERVER_FOLDER
+    rounds = [r for r in read_lines(server_records / LOG_FILE) if r["event"] == "round"]
+    assert [r["round"] for r in rounds] == list(range(ROUNDS)) and all(not r["dropped"] for r in rounds)
+    assert rounds[-1]["aggregation_weights"] == pytest.approx(dict.fromkeys(CLIENTS, 1 / 3))
+    assert load_plain(server_records / STATE_FILE)["rounds_done"] == ROUNDS
+    server_manifest = read_lines(server_records / MANIFEST_FILE)
+    run_path = run_folder.relative_to(server_machine / "results")
+    for site in CLIENTS:
+        machine = tmp_path / site
+        settings = json.loads((prod / site / "local" / SITE_SETTINGS_FILE).read_text())
+        assert Path(settings["results"]) == (machine / "results").resolve() and settings["threads"] == 1
+        records = machine / "results" / run_path / SITES_FOLDER / site
+        assert sorted(p.name for p in records.parent.iterdir()) == [site]
+        logged = read_lines(records / LOG_FILE)
+        assert [r["round"] for r in logged] == list(range(ROUNDS))
+        assert rounds[-1]["clients"][site]["mean_val_dice"] == pytest.approx(logged[-1]["mean_val_dice"])
+        assert load_plain(records / STATE_FILE)["rounds_done"] == ROUNDS
+        sent = read_lines(records / MANIFEST_FILE)
+        assert sent == [entry for entry in server_manifest if entry["client"] == site]
+        assert {entry["kind"] for entry in sent} == {"features", "gradient", "weights", "report", "ack"}
+        assert 0.45 < logged[-1]["wire_bytes"] / sum(e["bytes"] for e in sent if e["round"] == ROUNDS - 1) < 0.6
+    for other in ("server", *CLIENTS):  # the server holds no case; a hospital only its own
+        held = {p.name for p in (tmp_path / other / "preprocessed" / tiny_federation.parent.name).iterdir()}
+        assert held == {PLANS_FILE} | ({other} if other != "server" else set())
