@@ -40,9 +40,13 @@ def make_demo(
     cases: Annotated[int | None, typer.Option(
         min=1, help="Training cases per dataset instead of the size preset's (test cases stay the "
                     "preset's); recorded in dataset.json's description.")] = None,
+    test_cases: Annotated[int | None, typer.Option(
+        "--test-cases", min=1, help="Labelled test cases (imagesTs) per dataset instead of the size preset's: "
+        "non-members for mucald_audit --raw.")] = None,
 ) -> None:
     """Write Dataset001_DemoPolyp, Dataset002_DemoLungCT and Dataset003_DemoFetalUS under OUT."""
-    written = write_demo_federation(out, seed=seed, size=size.value, overwrite=overwrite, cases=cases)
+    written = write_demo_federation(out, seed=seed, size=size.value, overwrite=overwrite, cases=cases,
+                                    test_cases=test_cases)
     Console(highlight=False).print(_summary(written, out, seed, size.value, cases))
 
 

@@ -50,22 +50,28 @@ CaseCounts = int | Mapping[str, int] | None
 
 
 def make_demo_federation(out: Path, seed: int = 0, size: str = "small", *,
-                         overwrite: bool = False, cases: CaseCounts = None) -> list[Path]:
+                         overwrite: bool = False, cases: CaseCounts = None,
+                         test_cases: int | None = None) -> list[Path]:
     """Write the three demo datasets under ``out`` and return their folders.
 
-    ``cases`` replaces the size preset's number of training cases (test cases stay the preset's).
+    ``cases`` replaces the size preset's number of training cases, ``test_cases`` its number of
+    labelled test cases (imagesTs: the non-members a membership audit needs by the hundred).
     Refuses (DatasetError) to write into a non-empty dataset folder unless ``overwrite``, which
     deletes that folder first so no stale case of an earlier, larger run survives.
     """
     return [written.folder for written in write_demo_federation(out, seed, size, overwrite=overwrite,
-                                                                cases=cases)]
+                                                                cases=cases, test_cases=test_cases)]
 
 
 def write_demo_federation(out: Path, seed: int = 0, size: str = "small", *,
-                          overwrite: bool = False, cases: CaseCounts = None) -> list[WrittenDataset]:
+                          overwrite: bool = False, cases: CaseCounts = None,
+                          test_cases: int | None = None) -> list[WrittenDataset]:
     """Like ``make_demo_federation`` but reports counts and shapes of what was written."""
     sizes = preset(size)
     counts = _case_counts(cases)
+    if test_cases is not None and (isinstance(test_cases, bool) or not isinstance(test_cases, int) or test_cases < 1):
+        raise DatasetError(f"the number of test cases must be a whole number >= 1, got {test_cases!r}. Fix: pass "
+                           "--test-cases 1 or more.")
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise DatasetError(f"{out}: exists and is not a folder. Fix: choose another output folder.")
@@ -77,6 +83,8 @@ def write_demo_federation(out: Path, seed: int = 0, size: str = "small", *,
         dataset_size = sizes.for_dataset(recipe.key)
         if recipe.key in counts:
             dataset_size = replace(dataset_size, train=counts[recipe.key])
+        if test_cases is not None:
+            dataset_size = replace(dataset_size, test=test_cases)
         _write_dataset(recipe, folder, dataset_size, stream, seed, size, recipe.key in counts)
         written.append(WrittenDataset(folder, dataset_size.train, dataset_size.test,
                                       dataset_size.shape, recipe.file_ending))

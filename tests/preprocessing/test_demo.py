@@ -11,6 +11,7 @@ from scipy.stats import spearmanr
 
 from preprocessing.commands.make_demo import main
 from preprocessing.dataset import RawDataset
+from preprocessing.errors import DatasetError
 from preprocessing.demo import CAUSAL_GRAPH_JSON, PRESETS, RECIPES, demo_folders, make_demo_federation
 from preprocessing.demo import measure
 from preprocessing.demo.causal import CausalGraphSpec, sample_nodes
@@ -231,3 +232,14 @@ def test_command_with_cases_is_deterministic_for_a_seed(tmp_path: Path) -> None:
         assert not np.array_equal(read_image(folder / first)[0],
                                   read_image(tmp_path / "other" / folder.name / first)[0])
     assert main([str(tmp_path / "zero"), "--size", "tiny", "--cases", "0"]) == 2
+
+
+def test_test_cases_sets_the_labelled_test_cases_of_every_dataset(tmp_path: Path) -> None:
+    assert main([str(tmp_path / "d"), "--size", "tiny", "--cases", "4", "--test-cases", "7"]) == 0
+    for folder in demo_folders(tmp_path / "d"):
+        dataset = RawDataset(folder)
+        assert len(dataset.case_ids("Tr")) == 4 and len(dataset.case_ids("Ts")) == 7
+        assert len(list((folder / "labelsTs").iterdir())) == 7  # labelled: non-members for the audit
+        assert verify_dataset(folder).ok
+    with pytest.raises(DatasetError, match="--test-cases 1 or more"):
+        make_demo_federation(tmp_path / "x", size="tiny", test_cases=0)
