@@ -77,10 +77,10 @@ def saved_rounds(folder: Path) -> int:
 
 
 def drop_unsaved_records(folder: Path, next_round: int) -> None:
-    """Records of rounds from ``next_round`` on go: the job resuming there trains them again (a crash
-    after a round's records but before its state), as an in-process resume drops them."""
-    for record_file in (LOG_FILE, MANIFEST_FILE):
-        RunLog(Path(folder) / record_file).truncate_after_round(next_round - 1)
+    """Log records of rounds from ``next_round`` on go: the job resuming there trains them again (a
+    crash after a round's records but before its state). The manifest keeps them: it records every
+    message as it crossed, so an interrupted attempt's messages stay beside the replay's."""
+    RunLog(Path(folder) / LOG_FILE).truncate_after_round(next_round - 1)
 
 
 class FlareServerApp:
@@ -96,7 +96,6 @@ class FlareServerApp:
         self.folder = Path(results) / SERVER_FOLDER
         self._runner: ServerRunner | None = None
         self._lock = threading.Lock()
-        self._manifest: list[ManifestEntry] = []
         self._rounds_done = 0
 
     @collab.init
@@ -124,10 +123,13 @@ class FlareServerApp:
             return encode(Message(message.client, Kind.ERROR, message.name, message.round, message.step,
                                   detail=f"site {collab.caller!r} sent a message as {message.client!r}"))
         with self._lock:
-            self._manifest.append(ManifestEntry.of(message, Direction.TO_SERVER))
+            self._record(ManifestEntry.of(message, Direction.TO_SERVER))  # on disk before it is acted on
             reply = self._runner.handle(message)
-            self._manifest.append(ManifestEntry.of(reply, Direction.TO_CLIENT))
+            self._record(ManifestEntry.of(reply, Direction.TO_CLIENT))
         return encode(reply, self.narrow_wire)
+
+    def _record(self, entry: ManifestEntry) -> None:
+        append_manifest(self.folder / MANIFEST_FILE, [entry])
 
     def _group(self, sites: list[str]):
         return collab.get_clients(sites)(timeout=self.call_timeout)
@@ -155,13 +157,11 @@ class FlareServerApp:
                 for site in lost_late:  # averaged already; it missed the averages and validation only
                     self._runner.server.drop(site)
                 weights, metrics = self._runner.end_round()
-                manifest, self._manifest = self._manifest, []
             dropped = {**lost, **lost_late}
             record = {"event": "round", "round": round_index, "aggregation_weights": weights,
                       "server_metrics": metrics, "clients": {site: {**trained[site], **finished[site]}
                                                              for site in sorted(finished)},
                       "dropped": dropped, "round_seconds": time.perf_counter() - started}
-            append_manifest(self.folder / MANIFEST_FILE, manifest)
             RunLog(self.folder / LOG_FILE).append(record)
             history.append(record)
             if dropped:
@@ -222,7 +222,7 @@ class FlareClientApp:
         seed = site_seed(config.seed, name if state is None else f"{name}@{self._rounds_done}")
         torch.manual_seed(seed)
         seed_augmentation(seed)
-        self._transport = CollabTransport(self.call_timeout, self.narrow_wire)
+        self._transport = CollabTransport(self.call_timeout, self.narrow_wire, self.folder / MANIFEST_FILE)
         self._runner = ClientRunner(name, plans, config, load_client_data(plans_path, plans, name, config),
                                     self._transport)
         if state is not None:
@@ -268,7 +268,6 @@ class FlareClientApp:
                   "train_bytes_crossed": sum(e.num_bytes for e in manifest if e.step >= 0),
                   "train_wire_bytes": wire_bytes["train"], "wire_bytes": sum(wire_bytes.values()),
                   "train_seconds": self._train_seconds}
-        append_manifest(self.folder / MANIFEST_FILE, manifest)
         RunLog(self.folder / LOG_FILE).append(record)
         self._save_state(round_index + 1)
         return {"mean_val_dice": validation.mean_dice, "val_dice": validation.dice}

@@ -5,7 +5,7 @@ of one site's job process after its first round and then of the server's job pro
 each of those jobs, the next one resumes every side from its saved state, a site that missed a round
 catches up, and only the rounds the crashes hit are trained again. Each side keeps its own records
 and both sides' manifests agree entry by entry outside the crashed rounds (only features, gradients,
-weights and counts crossed); every process it started is gone afterwards, FLARE wrote only under the
+weights and counts crossed), while in the crashed rounds too each message is on record at its sender; every process it started is gone afterwards, FLARE wrote only under the
 run folder, and the run folder's checkpoint (both sides' states joined) loads into the predictor like
 an in-process run's."""
 
@@ -45,6 +45,17 @@ def home_settings() -> tuple[str, float] | None:
 
 def read_lines(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def within(entries: list[dict], record: list[dict]) -> bool:
+    """Whether every entry is in the record, as many times as it occurs."""
+    left = [json.dumps(e, sort_keys=True) for e in record]
+    for entry in entries:
+        key = json.dumps(entry, sort_keys=True)
+        if key not in left:
+            return False
+        left.remove(key)
+    return True
 
 
 ROUNDS, ITERATIONS = 4, 2
@@ -122,7 +133,7 @@ def test_sites_as_separate_processes_over_mutual_tls_train_mucald_through_crashe
     assert last_round["aggregation_weights"] == pytest.approx(dict.fromkeys(CLIENTS, 1 / 3))
     assert set(last_round["server_metrics"]) == set(CLIENTS)  # the discriminators trained on every site's steps
     server_manifest = read_lines(results / SERVER_FOLDER / MANIFEST_FILE)
-    compared = set(range(ROUNDS)) - {1, after_server - 1}  # crashed rounds' messages: on one side only
+    compared = set(range(ROUNDS)) - {1, after_server - 1}  # crashed rounds: an attempt and its replay
     for site in CLIENTS:
         kit = kits / site / "startup"
         assert {"rootCA.pem", "client.crt", "client.key"} <= {p.name for p in kit.iterdir()}
@@ -135,6 +146,11 @@ def test_sites_as_separate_processes_over_mutual_tls_train_mucald_through_crashe
         assert state["rounds_done"] == ROUNDS and state["last_val_loss"] == pytest.approx(last["val_loss"])
         sent = [e for e in read_lines(results / site / MANIFEST_FILE) if e["round"] in compared]
         assert sent == [e for e in server_manifest if e["client"] == site and e["round"] in compared]
+        # nothing crossed unrecorded, crashed rounds included: a sender records a message before sending it
+        everything, theirs = read_lines(results / site / MANIFEST_FILE), [e for e in server_manifest
+                                                                          if e["client"] == site]
+        assert within([e for e in theirs if e["direction"] == "client->server"], everything)
+        assert within([e for e in everything if e["direction"] == "server->client"], theirs)
         assert {e["kind"] for e in sent} == {"features", "gradient", "weights", "report", "ack"}
         gradients = [(e["round"], e["step"]) for e in sent if e["kind"] == "gradient"]
         # each step's two gradients (split 2 up, split 1 down) crossed once: no step was replayed
