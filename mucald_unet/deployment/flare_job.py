@@ -139,6 +139,8 @@ def run_from_kits(job: FlareJob, server_kit: Kit, admin_kit: Kit, timeout: float
 
 def _jobs_until_done(job: FlareJob, first_env, next_env, timeout: float, retries_without_progress: int,
                      logs: Path) -> list[str]:
+    """Submit the job, then resumed ones, until every round is saved; an error after too many in a row
+    that saved nothing (``logs``: where the error sends the user)."""
     rounds, statuses, stalled = job.config.rounds, [], 0
     submit_to = first_env
     while True:
@@ -194,10 +196,8 @@ def stop_process_group(process, grace: float = 30.0) -> None:
     """Stop a process started in its own session and everything it started (SIGTERM, then SIGKILL)."""
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGTERM)
-    try:
+    with contextlib.suppress(subprocess.TimeoutExpired):
         process.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        pass
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGKILL)
     process.wait()
