@@ -48,6 +48,13 @@ SERVER_FOLDER = "server"
 LOG_FILE = "log.jsonl"
 MANIFEST_FILE = "manifest.jsonl"
 STATE_FILE = "state.pt"
+REFUSED = "refused"  # the server's log event of a refusal that a resubmitted job would meet again
+
+
+def refusal(server_folder: Path) -> str | None:
+    """Why the server refused the run, if its last logged event is such a refusal."""
+    records = RunLog(Path(server_folder) / LOG_FILE).records()
+    return records[-1]["reason"] if records and records[-1].get("event") == REFUSED else None
 
 
 def site_seed(seed: int, site: str) -> int:
@@ -173,9 +180,11 @@ class FlareServerApp:
         differing = sorted(site for site, answer in joined.items()
                            if answer.get("plans_digest") != site_plans_digest(self._plans, site))
         if differing:
-            raise TrainingError(f"{', '.join(differing)} planned with another plans.json than the server's "
-                                f"{self.plans_path}. Fix: give every site the plans.json the server trains with, "
-                                "preprocess its cases with it (mucald_plan_and_preprocess), and start again.")
+            reason = (f"{', '.join(differing)} planned with another plans.json than the server's {self.plans_path}. "
+                      "Fix: give every site the plans.json the server trains with, preprocess its cases with it "
+                      "(mucald_plan_and_preprocess), and start again.")
+            RunLog(self.folder / LOG_FILE).append({"event": REFUSED, "reason": reason})  # no resubmission helps
+            raise TrainingError(reason)
 
     def _close_round(self, round_index: int, survivors: list[str], lost: dict[str, str]) -> None:
         """Drop the sites lost in training; the round must then be aggregated over enough reporters."""

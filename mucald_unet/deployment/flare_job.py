@@ -27,7 +27,7 @@ from nvflare.collab import CollabRecipe
 from nvflare.recipe import PocEnv, ProdEnv
 
 from mucald_unet.config import TrainingConfig
-from mucald_unet.deployment.flare_apps import SERVER_FOLDER, FlareClientApp, FlareServerApp, saved_rounds
+from mucald_unet.deployment.flare_apps import SERVER_FOLDER, FlareClientApp, FlareServerApp, refusal, saved_rounds
 from mucald_unet.deployment.provisioning import ProvisionRequest, project_config
 from mucald_unet.deployment.site_kits import Kit
 from mucald_unet.errors import TrainingError
@@ -148,6 +148,8 @@ def _jobs_until_done(job: FlareJob, first_env, next_env, timeout: float, retries
         statuses.append(_run_job(flare_recipe(job), submit_to, timeout))
         if job.rounds_done >= rounds:
             return statuses
+        if (reason := refusal(job.results / SERVER_FOLDER)) is not None:
+            raise TrainingError(f"the server refused the run: {reason}")
         stalled = 0 if job.rounds_done > before else stalled + 1
         if stalled > retries_without_progress:
             raise TrainingError(f"{stalled} FLARE job(s) in a row saved no round past {before} (statuses: "

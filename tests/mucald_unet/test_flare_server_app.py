@@ -12,11 +12,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from mucald_unet.deployment.flare_apps import LOG_FILE, SERVER_FOLDER, STATE_FILE, FlareServerApp
+from mucald_unet.deployment.flare_apps import LOG_FILE, SERVER_FOLDER, STATE_FILE, FlareServerApp, refusal
+from mucald_unet.deployment import flare_job
+from mucald_unet.deployment.flare_job import FlareJob
 from mucald_unet.errors import TrainingError
 from mucald_unet.federation.messages import Message
 from mucald_unet.federation.transport import InMemoryTransport
 from mucald_unet.training.checkpoint import load_plain, site_plans_digest
+from mucald_unet.training.run_log import RunLog
 from mucald_unet.training.runners import ClientRunner, load_client_data
 from planners.plans import PLANS_FILE, load_plans
 from tests.conftest import CLIENTS
@@ -110,6 +113,7 @@ def test_a_site_lost_mid_round_is_dropped_and_the_round_averaged_over_the_others
     assert load_plain(tmp_path / SERVER_FOLDER / STATE_FILE)["rounds_done"] == FAILING_ROUND + 1
     logged = [json.loads(line) for line in (tmp_path / SERVER_FOLDER / LOG_FILE).read_text().splitlines()]
     assert [r.get("round") for r in logged] == [None, 0, FAILING_ROUND]  # the join, then both rounds
+    assert refusal(tmp_path / SERVER_FOLDER) is None  # a lost site is no refusal: the driver resubmits
     server = app._runner.server
     assert server.dropped == {VICTIM} and server._pending == {} and server._backward_done == {}
 
@@ -135,3 +139,21 @@ def test_a_site_planned_with_another_plan_is_refused_at_the_join(tiny_federation
                                             "give every site the plans.json the server trains with"):
         app.run()
     assert not (tmp_path / SERVER_FOLDER / STATE_FILE).exists()  # refused before any round
+    assert refusal(tmp_path / SERVER_FOLDER).startswith(f"{VICTIM} planned with another plans.json")  # for the driver
+
+
+def test_the_job_driver_resubmits_a_job_that_saved_nothing_but_not_one_the_server_refused(
+        tiny_federation: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    job = FlareJob(tiny_federation, tuple(CLIENTS), quick_config(rounds=2), tmp_path)
+    submitted = []
+
+    def refused_the_second_time(recipe, env, timeout: float) -> str:
+        submitted.append(env)
+        if len(submitted) == 2:
+            RunLog(tmp_path / SERVER_FOLDER / LOG_FILE).append({"event": "refused", "reason": "X planned otherwise"})
+        return "FINISHED:COMPLETED"
+
+    monkeypatch.setattr(flare_job, "_run_job", refused_the_second_time)
+    with pytest.raises(TrainingError, match="^the server refused the run: X planned otherwise$"):
+        flare_job._jobs_until_done(job, "first", lambda: "next", 10.0, 5, tmp_path)
+    assert submitted == ["first", "next"]
