@@ -28,6 +28,11 @@ from tests.conftest import CLIENTS
 
 ROUNDS, ITERATIONS = 2, 2
 ADMIN = "admin@hospital.org"
+WATCHDOG_SECONDS = 900  # a federation that never forms fails the test instead of holding CI
+
+
+def _watchdog_fired(signum, frame) -> None:
+    raise TimeoutError(f"the federation did not finish within {WATCHDOG_SECONDS} s")
 
 
 def machine_with(machine: Path, plans_path: Path, own_dataset: str | None) -> Path:
@@ -63,6 +68,8 @@ def test_hospitals_and_the_server_train_from_their_own_kits_and_folders(tiny_fed
     server_machine = tmp_path / "server"
     server_preprocessed = machine_with(server_machine, tiny_federation, None)
     hospitals = {}
+    previous = signal.signal(signal.SIGALRM, _watchdog_fired)
+    signal.alarm(WATCHDOG_SECONDS)
     try:
         for site in CLIENTS:
             machine_with(tmp_path / site, tiny_federation, site)
@@ -72,6 +79,8 @@ def test_hospitals_and_the_server_train_from_their_own_kits_and_folders(tiny_fed
                             str(prod / ADMIN), "--rounds", str(ROUNDS), "--iters", str(ITERATIONS),
                             "--wire-dtype", "float16"])
     finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
         for process in hospitals.values():
             process.send_signal(signal.SIGTERM)  # mucald_client stops its FLARE client with everything it started
         exit_codes = [process.wait(timeout=60) for process in hospitals.values()]
