@@ -7,11 +7,11 @@ A preset replaces only the settings it names, and never one the user gave explic
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import Any
 
-from mucald_unet.config import TrainingConfig
+from mucald_unet.config import DefenceConfig, TrainingConfig
 from mucald_unet.errors import TrainingError
 
 BUDGET_SETTINGS = frozenset({"rounds", "local_epochs", "iterations_per_epoch"})
@@ -19,11 +19,15 @@ BUDGET_SETTINGS = frozenset({"rounds", "local_epochs", "iterations_per_epoch"})
 
 @dataclass(frozen=True)
 class TrainingPreset:
-    """``settings`` are dotted keys of ``TrainingConfig.to_dict`` (``optimizer.lr``)."""
+    """``settings`` are dotted keys of ``TrainingConfig.to_dict`` (``optimizer.lr``); ``defence`` is a
+    ``--defence`` value (it may combine several); ``min_cut_depth`` the shallowest cut of a plan the
+    preset was measured at (a shallower plan is refused by ``check_plan``)."""
 
     name: str
     summary: str
     settings: Mapping[str, Any]
+    defence: str | None = None
+    min_cut_depth: int = 0
 
     def apply(self, config: TrainingConfig, keep: Collection[str] = ()) -> TrainingConfig:
         """``config`` with this preset's settings, except those named in ``keep`` (given explicitly).
@@ -37,11 +41,22 @@ class TrainingPreset:
             kept.add("optimizer.lr")
         if "optimizer.lr" in kept:
             kept.add("optimizer.aux_lr")
-        return config.with_overrides({k: v for k, v in self.settings.items() if k not in kept})
+        config = config.with_overrides({k: v for k, v in self.settings.items() if k not in kept})
+        if self.defence is not None and "defence" not in kept:
+            config = replace(config, defence=DefenceConfig.parse(self.defence))
+        return config
+
+    def check_plan(self, cut_depth: int, plans_path: object) -> None:
+        """Refuse a plan whose cut is shallower than the one this preset was measured at."""
+        if cut_depth < self.min_cut_depth:
+            raise TrainingError(f"--preset {self.name} was measured at cut depth {self.min_cut_depth} or deeper; "
+                                f"{plans_path} cuts at depth {cut_depth}. Fix: plan again with "
+                                f"mucald_plan_and_preprocess ... --cut-depth {self.min_cut_depth} (into its own "
+                                "--preprocessed folder), or choose another preset.")
 
     def without_budget(self) -> "TrainingPreset":
         """The preset less its rounds and epochs: for comparisons that fix the budget themselves."""
-        return TrainingPreset(self.name, self.summary, MappingProxyType(
+        return replace(self, settings=MappingProxyType(
             {k: v for k, v in self.settings.items() if k not in BUDGET_SETTINGS}))
 
 
@@ -54,7 +69,13 @@ PAPER = TrainingPreset(
         "optimizer.schedule": "constant", "rounds": 24, "local_epochs": 5, "fedprox_mu": 1e-3,
         "aggregation": "equal"}))
 
-PRESETS: Mapping[str, TrainingPreset] = MappingProxyType({PAPER.name: PAPER})
+PRIVATE = TrainingPreset(
+    name="private",
+    summary="the privacy frontier's best point (docs/privacy.md): a plan cut at depth 1 or deeper, and at split 1 "
+            "a learned 8-channel bottleneck whose output crosses quantised to 4 levels (bottleneck:8+quantise:2)",
+    settings=MappingProxyType({}), defence="bottleneck:8+quantise:2", min_cut_depth=1)
+
+PRESETS: Mapping[str, TrainingPreset] = MappingProxyType({PAPER.name: PAPER, PRIVATE.name: PRIVATE})
 
 
 def preset_named(name: str) -> TrainingPreset:

@@ -22,6 +22,7 @@ from mucald_unet.federation.transport import CaptureRequest
 from mucald_unet.presets import PRESETS, preset_named
 from mucald_unet.training.trainer import FederatedTrainer, run_folder_for
 from planners.locate import client_names, find_plans
+from planners.plans import load_plans
 from mucald_unet.devices import Device, resolve_device
 from preprocessing.cli_support import DATASET_FLAGS, entry_points
 from preprocessing.paths import preprocessed_root, results_root
@@ -84,7 +85,7 @@ def train(
         "--ablate", help="Comma-separated: no-daca,no-crdm,no-causal,no-diffusion,no-forward-noise.")] = None,
     preset: Annotated[Optional[str], typer.Option(
         "--preset", metavar="|".join(PRESETS), help="Start from a named set of settings; flags given explicitly "
-        "still win. paper: " + PRESETS["paper"].summary + ".")] = None,
+        "still win. " + " ".join(f"{p.name}: {p.summary}." for p in PRESETS.values()))] = None,
     rounds: Annotated[int, typer.Option("--rounds", min=1, help="Communication rounds.")] = 10,
     local_epochs: Annotated[int, typer.Option("--local-epochs", min=1, help="Local epochs per round.")] = 1,
     iters: Annotated[int, typer.Option("--iters", min=1, help="Iterations per local epoch.")] = 25,
@@ -170,9 +171,11 @@ def train(
                             optimizer=OptimizerConfig(kind=optimizer, lr=lr or optimizer.default_lr,
                                                       schedule=lr_schedule),
                             crdm=CrdmConfig(eval_timestep=eval_timestep), defence=DefenceConfig.parse(defence))
-    if preset:
-        config = preset_named(preset).apply(config, keep=_explicit_settings(ctx))
     plans_path = find_plans(preprocessed_root(preprocessed), datasets, federation)
+    if preset:
+        chosen = preset_named(preset)
+        chosen.check_plan(load_plans(plans_path).federation.cut_depth, plans_path)
+        config = chosen.apply(config, keep=_explicit_settings(ctx))
     names = client_names(plans_path, datasets)
     run_folder = run_folder_for(results_root(results), plans_path, config, names)
     console = Console(highlight=False)
@@ -254,7 +257,7 @@ def _train_deployed(plans_path, names: list[str], config: TrainingConfig, run_fo
 _FLAG_OF_SETTING = {"rounds": "rounds", "local_epochs": "local_epochs", "iterations_per_epoch": "iters",
                     "fedprox_mu": "fedprox_mu", "aggregation": "aggregation", "local_norms": "local_norms",
                     "optimizer.kind": "optimizer", "optimizer.lr": "lr", "optimizer.schedule": "lr_schedule",
-                    "crdm.eval_timestep": "eval_timestep"}
+                    "crdm.eval_timestep": "eval_timestep", "defence": "defence"}
 
 
 def _explicit_settings(ctx: typer.Context) -> set[str]:

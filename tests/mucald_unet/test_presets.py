@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from mucald_unet.config import TrainingConfig
+from mucald_unet.config import DefenceConfig, TrainingConfig
 from mucald_unet.errors import TrainingError
-from mucald_unet.presets import PAPER, preset_named
+from mucald_unet.presets import PAPER, PRIVATE, preset_named
 
 
 def test_paper_preset_is_the_papers_recipe() -> None:
@@ -35,3 +35,18 @@ def test_unknown_preset_and_unknown_override_are_refused() -> None:
         preset_named("papers")
     with pytest.raises(TrainingError, match="unknown training setting 'optimiser.lr'"):
         TrainingConfig().with_overrides({"optimiser.lr": 1e-4})
+
+
+def test_private_preset_sets_the_frontiers_defence_and_needs_a_cut_of_depth_one() -> None:
+    config = PRIVATE.apply(TrainingConfig())
+    assert config.defence == DefenceConfig.parse("bottleneck:8+quantise:2")
+    assert config.run_name == "mucald__bottleneck-8+quantise-2"
+    typed = TrainingConfig(defence=DefenceConfig.parse("quantise:1"))
+    assert PRIVATE.apply(typed, keep={"defence"}).defence == typed.defence  # a typed --defence wins
+    assert PRIVATE.without_budget().defence == PRIVATE.defence
+    PRIVATE.check_plan(1, "plans.json")
+    PRIVATE.check_plan(2, "plans.json")
+    with pytest.raises(TrainingError, match=r"measured at cut depth 1 or deeper; plans.json cuts at depth 0. Fix: "
+                                            r"plan again with mucald_plan_and_preprocess ... --cut-depth 1"):
+        PRIVATE.check_plan(0, "plans.json")
+    PAPER.check_plan(0, "plans.json")  # the paper's preset has no cut requirement

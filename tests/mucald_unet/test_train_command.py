@@ -72,3 +72,11 @@ def test_preset_paper_sets_the_papers_settings_and_explicit_flags_win(tiny_feder
     assert (optimizer["kind"], optimizer["lr"], optimizer["aux_lr"], optimizer["schedule"]) == (
         "adamw", 1e-4, 5e-5, "constant")
     assert (trained["fedprox_mu"], trained["aggregation"]) == (1e-3, "equal")
+
+
+def test_preset_private_refuses_a_plan_cut_at_depth_zero(tiny_federation: Path, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture) -> None:
+    assert main(["-d", "1", "2", "3", "--preprocessed", str(tiny_federation.parent.parent), "--results",
+                 str(tmp_path), "--preset", "private", "--rounds", "1", "--iters", "1"]) == 1
+    assert "--preset private was measured at cut depth 1" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())  # refused before any run folder was made
