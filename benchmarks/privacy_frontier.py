@@ -12,6 +12,9 @@ reused when the same ``--work`` is given again.
 
     .venv/bin/python -m benchmarks.privacy_frontier --work /tmp/pf --cut-depths 0 1 \\
         --methods splitfed mucald --defences none quantise:2 adversary:0.3 --seeds 0 1 2 --out frontier.md
+
+``--points METHOD/DEFENCE/CUT ...`` measures exactly those configurations instead of the grid (e.g. to
+report, in one table, points that earlier runs of the same ``--work`` trained: nothing is redone).
 """
 
 from __future__ import annotations
@@ -165,6 +168,19 @@ def goal_lines(points: list[Point], clients: list[str]) -> list[str]:
     return lines
 
 
+def configurations(args: argparse.Namespace) -> list[tuple[str, str, int]]:
+    """(method, defence, cut) to measure: ``--points`` as given, else every method x defence x cut."""
+    if not args.points:
+        return [(m, d, c) for c in args.cut_depths for m in args.methods for d in args.defences]
+    chosen = []
+    for text in args.points:
+        method, defence, cut = (text.split("/") + ["", ""])[:3]
+        if not method or not defence or not cut.isdigit():
+            raise SystemExit(f"--points {text!r} is not METHOD/DEFENCE/CUT. Fix: e.g. splitfed/quantise:2/1.")
+        chosen.append((method, defence, int(cut)))
+    return chosen
+
+
 def plot(points: list[Point], path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -199,6 +215,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--private-cases", type=int, default=8)
     parser.add_argument("--decoder-steps", type=int, default=300)
     parser.add_argument("--whitebox-steps", type=int, default=150)
+    parser.add_argument("--points", nargs="+", default=[], metavar="METHOD/DEFENCE/CUT",
+                        help="These configurations instead of the methods x defences x cut depths grid.")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     if 0 not in args.seeds:
@@ -211,22 +229,23 @@ def main(argv: list[str] | None = None) -> None:
         make_demo_federation(raw, seed=0, size=args.size, overwrite=True)
     results = args.work / "results"
     points: list[Point] = []
-    for cut in args.cut_depths:
+    chosen = configurations(args)
+    for cut in sorted({c for _, _, c in chosen}):
+        at_cut = [(m, d) for m, d, c in chosen if c == cut]
         plans_path, clients = plan_federation(raw, args.work / f"preprocessed-cut-{cut}", DEMO_IDS, cut_depth=cut)
         runs = {(m, d, s): train(plans_path, results, m, d, s, args.rounds, args.iters)
-                for m in args.methods for d in args.defences for s in args.seeds}
+                for m, d in at_cut for s in args.seeds}
         audited = audit(plans_path, results, args.work / f"audit-cut-{cut}",
-                        sorted({runs[m, d, 0] for m in args.methods for d in args.defences}), args)
-        for method in args.methods:
-            for defence in args.defences:
-                for client in clients:
-                    entry = audited[client][runs[method, defence, 0]]
-                    strongest = entry.get("strongest")
-                    points.append(Point(cut, method, defence, client,
-                                        [final_dice(results, plans_path, runs[method, defence, s], client)
-                                         for s in args.seeds],
-                                        {"attack": strongest["attack"], **strongest["ssim"]} if strongest else None,
-                                        strongest["reid"]["mean"] if strongest else None, best_label_attack(entry)))
+                        sorted({runs[m, d, 0] for m, d in at_cut}), args)
+        for method, defence in at_cut:
+            for client in clients:
+                entry = audited[client][runs[method, defence, 0]]
+                strongest = entry.get("strongest")
+                points.append(Point(cut, method, defence, client,
+                                    [final_dice(results, plans_path, runs[method, defence, s], client)
+                                     for s in args.seeds],
+                                    {"attack": strongest["attack"], **strongest["ssim"]} if strongest else None,
+                                    strongest["reid"]["mean"] if strongest else None, best_label_attack(entry)))
     text = report(points, args)
     plot(points, (args.out.with_suffix(".png") if args.out else args.work / "frontier.png"))
     emit_report(text, args.out)

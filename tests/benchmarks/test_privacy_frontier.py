@@ -1,7 +1,13 @@
-"""The privacy frontier's verdicts: which points are on the frontier, and when the goal is met."""
+"""The privacy frontier's verdicts: which points are on the frontier, when the goal is met, and which
+configurations a run measures."""
 
 from __future__ import annotations
 
+import argparse
+
+import pytest
+
+from benchmarks import privacy_frontier
 from benchmarks.privacy_frontier import Point, goal_lines, on_frontier
 
 
@@ -30,3 +36,14 @@ def test_the_goal_needs_every_client_within_every_bound() -> None:
     assert "NOT met" in verdicts["- goal splitfed, quantise:1, cut 1"]  # B loses 10 Dice points
     assert "NOT met" in verdicts["- goal mucald, none, cut 1"]  # labels leak 15 points over the prior
     assert "NOT met" in verdicts["- goal splitfed, none, cut 0"]
+
+
+def test_points_choose_exactly_the_configurations_and_the_grid_is_the_default() -> None:
+    parse = lambda *argv: privacy_frontier.configurations(argparse.Namespace(  # noqa: E731
+        cut_depths=[0, 1], methods=["splitfed"], defences=["none", "quantise:2"], points=list(argv)))
+    assert parse() == [("splitfed", "none", 0), ("splitfed", "quantise:2", 0), ("splitfed", "none", 1),
+                       ("splitfed", "quantise:2", 1)]
+    assert parse("mucald/bottleneck:8+quantise:2/1", "splitfed/none/0") == [
+        ("mucald", "bottleneck:8+quantise:2", 1), ("splitfed", "none", 0)]
+    with pytest.raises(SystemExit, match="is not METHOD/DEFENCE/CUT"):
+        parse("mucald/none")
