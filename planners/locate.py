@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from planners.errors import PlanError
-from planners.plans import PLANS_FILE, load_plans
+from planners.plans import PLANS_FILE, SHARED_PLAN_FILE, load_plans, load_shared_plan
 
 _ID = re.compile(r"^(?:Dataset)?(\d{1,3})(?:_.*)?$")
 
@@ -42,12 +42,16 @@ def find_plans(preprocessed_root: Path, references: Sequence[str],
     """The plans of exactly ``Federation_<ids>``: of ``federation`` when given, else of ``references``.
 
     Never a different federation that happens to hold the datasets: its shared topology was
-    sized for other clients, so training there must be asked for (``--federation``).
+    sized for other clients, so training there must be asked for (``--federation``). At a server of
+    a federation planned site by site, its ``federation.json``.
     """
     root = Path(preprocessed_root)
     numbers = sorted({dataset_number(r) for r in references})
     wanted = sorted({dataset_number(r) for r in federation}) if federation else numbers
-    path = root / federation_folder_name(wanted) / PLANS_FILE
+    folder = root / federation_folder_name(wanted)
+    path = folder / PLANS_FILE
+    if not path.is_file() and (folder / SHARED_PLAN_FILE).is_file():
+        path = folder / SHARED_PLAN_FILE
     if not path.is_file():
         raise PlanError(_missing_plans_message(root, numbers, wanted, references))
     if not set(numbers) <= set(wanted):
@@ -93,13 +97,13 @@ def _missing_plans_message(root: Path, numbers: Sequence[int], wanted: Sequence[
 
 def client_names(plans_path: Path, references: Sequence[str]) -> list[str]:
     """The plan's dataset names for the user's references, in the order given."""
-    plans = load_plans(plans_path)
-    by_number = {dataset_number(name): name for name in plans.clients}
+    planned = load_shared_plan(plans_path).clients
+    by_number = {dataset_number(name): name for name in planned}
     names = []
     for reference in references:
         number = dataset_number(reference)
         if number not in by_number:
             raise PlanError(f"{plans_path}: dataset {reference} is not in this plan (it has "
-                            f"{', '.join(plans.clients)}). Fix: plan it together with the others.")
+                            f"{', '.join(planned)}). Fix: plan it together with the others.")
         names.append(by_number[number])
     return names

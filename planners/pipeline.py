@@ -99,16 +99,16 @@ def plan_and_preprocess(config: PipelineConfig, reporter: Reporter = SilentRepor
             reporter.stage(f"verify {dataset.name}", len(dataset.case_ids("Tr")) + len(dataset.case_ids("Ts")))
             verify_dataset(dataset.folder, on_case=lambda _c: reporter.advance()).raise_if_problems()
     root = federation_folder(config.preprocessed_root, datasets)
-    facts = [_analyse_client(dataset, root / dataset.name, config, reporter) for dataset in datasets]
+    facts = [analyse_client(dataset, root / dataset.name, config, reporter) for dataset in datasets]
     plans = make_plans(facts, config.planner)
     plans_path = root / PLANS_FILE
     save_plans(plans, plans_path)
     for dataset in datasets:
-        _preprocess_client(dataset, plans, plans_path, config, reporter)
+        preprocess_client(dataset, plans, plans_path, config, reporter)
     return plans_path
 
 
-def _analyse_client(dataset: RawDataset, folder: Path, config: PipelineConfig,
+def analyse_client(dataset: RawDataset, folder: Path, config: PipelineConfig,
                     reporter: Reporter) -> ClientFacts:
     cases = dataset.case_ids("Tr")
     reporter.stage(f"fingerprint {dataset.name}", len(cases))
@@ -150,7 +150,7 @@ def _map(function, jobs: list, num_processes: int):
         yield from pool.map(function, jobs, chunksize=max(1, len(jobs) // (4 * num_processes)))
 
 
-def _preprocess_client(dataset: RawDataset, plans: Plans, plans_path: Path, config: PipelineConfig,
+def preprocess_client(dataset: RawDataset, plans: Plans, plans_path: Path, config: PipelineConfig,
                        reporter: Reporter) -> None:
     client = plans.client(dataset.name)
     case_config = client.case_preprocessing()

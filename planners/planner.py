@@ -5,6 +5,7 @@ split into what each site computes on its own and what the server decides from t
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Literal
@@ -55,6 +56,14 @@ class PlannerConfig:
         if self.split_channels < 4:
             raise PlanError(f"split width {self.split_channels} is too narrow. Fix: use --split-width 4 or more "
                             "(32 is nnU-Net's base width).")
+
+    def to_dict(self) -> dict:
+        """Plain values, for a planning job that carries the same settings to every site."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> PlannerConfig:
+        return cls(**{**data, "preset": Preset(**data["preset"])})
 
     def max_filters(self, dims: int) -> int:
         if self.preset.target == "cpu":
@@ -122,7 +131,7 @@ def make_plans(clients: list[ClientFacts], config: PlannerConfig = PlannerConfig
     plans = {facts.fingerprint.dataset_name: site_plan(facts, proposal, topology, config, len(clients))
              for facts, proposal in zip(clients, proposals)}
     warnings = tuple(w for proposal in proposals for w in proposal.warnings)
-    return assemble_plans(plans, topology, config, dims, warnings)
+    return assemble_plans(plans, federation_plan(topology, config, dims), config, warnings)
 
 
 @dataclass(frozen=True)
@@ -133,6 +142,20 @@ class SiteOffer:
     dataset_name: str
     patch_spacing: tuple[float, ...]  # the spacing of the patch's axes (a 2D federation's slice axis dropped)
     patch: tuple[int, ...]
+
+    def to_dict(self) -> dict:
+        return {"dataset_name": self.dataset_name, "patch_spacing": list(self.patch_spacing),
+                "patch": list(self.patch)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> SiteOffer:
+        """From what crossed the network; a malformed offer is the sending site's fault, named."""
+        try:
+            return cls(str(data["dataset_name"]), tuple(float(v) for v in data["patch_spacing"]),
+                       tuple(int(v) for v in data["patch"]))
+        except (KeyError, TypeError, ValueError) as err:
+            raise PlanError(f"a site's offer is malformed ({err!r}: {data!r}). Fix: run the same mucald "
+                            "version at every site.") from None
 
 
 @dataclass(frozen=True)
@@ -223,9 +246,9 @@ def _crossing_note(crossing: CrossingPlan, depth: int) -> str:
             "of feature maps per sample")
 
 
-def assemble_plans(clients: dict[str, ClientPlan], topology: Topology, config: PlannerConfig, dims: int,
-                   warnings: tuple[str, ...]) -> Plans:
-    federation = FederationPlan(
+def federation_plan(topology: Topology, config: PlannerConfig, dims: int) -> FederationPlan:
+    """At the server: the shared decisions every site trains with, built around the shared topology."""
+    return FederationPlan(
         dimensionality="3d" if dims == 3 else "2d",
         split_channels=config.split_channels,
         server_segment=NetworkTopologyPlan(dims, topology.kernel_sizes, topology.strides, topology.filters),
@@ -233,6 +256,15 @@ def assemble_plans(clients: dict[str, ClientPlan], topology: Topology, config: P
         causal=CausalNodesPlan(config.num_nodes, 1),
         cut_depth=config.cut_depth,
     )
+
+
+def topology_of(segment: NetworkTopologyPlan) -> Topology:
+    """The shared topology again, as a site rebuilds it from the federation plan the server sent."""
+    return Topology(segment.kernel_sizes, segment.strides, segment.filters)
+
+
+def assemble_plans(clients: dict[str, ClientPlan], federation: FederationPlan, config: PlannerConfig,
+                   warnings: tuple[str, ...]) -> Plans:
     return Plans(SCHEMA_VERSION, config.preset.describe(), federation, clients, warnings)
 
 

@@ -2,7 +2,9 @@
 
 One ``plans.json`` per federation is the single source of truth that preprocessing, training
 and prediction read. It is schema-versioned, written atomically, and loaded into validated
-frozen dataclasses; a bad file raises ``PlanError`` naming the offending field.
+frozen dataclasses; a bad file raises ``PlanError`` naming the offending field. A federation planned
+site by site has no such file at the server: each hospital's ``plans.json`` holds the shared plan
+and its own, and the server's ``federation.json`` (``SharedPlan``) the shared plan and the sites.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from preprocessing.case_preprocessing import CasePreprocessingConfig
 
 SCHEMA_VERSION = 1
 PLANS_FILE = "plans.json"
+SHARED_PLAN_FILE = "federation.json"  # a server's plan of a federation planned site by site
 _STRICT = ConfigDict(extra="forbid")
 
 
@@ -214,3 +217,45 @@ def load_plans(path: Path) -> Plans:
     except json.JSONDecodeError as err:
         raise PlanError(f"{path}: not valid JSON ({err}). Fix: re-run mucald_plan_and_preprocess.") from None
     return plans_from_dict(data, source=str(path))
+
+
+@dataclass(frozen=True, config=_STRICT)
+class SharedPlan:
+    """What the server of a federation trains from: the shared plan and the sites in it, without any
+    site's own plan (its normalisation statistics and causal graph never leave the hospital). Planned
+    site by site, it is the server's ``federation.json``, with what each site offered; else it is the
+    shared part of a ``plans.json``."""
+
+    schema_version: int
+    preset: str
+    federation: FederationPlan
+    clients: tuple[str, ...]
+    offers: tuple[dict[str, Any], ...] = ()  # each site's SiteOffer, as it crossed
+    warnings: tuple[str, ...] = ()
+
+
+_SHARED_ADAPTER = TypeAdapter(SharedPlan)
+
+
+def save_shared_plan(shared: SharedPlan, path: Path) -> None:
+    write_json_atomic(path, _SHARED_ADAPTER.dump_python(shared, mode="json"))
+
+
+def load_shared_plan(path: Path) -> SharedPlan:
+    """From a server's ``federation.json``, or the shared part of a ``plans.json``."""
+    path = Path(path)
+    if path.name != SHARED_PLAN_FILE:
+        plans = load_plans(path)
+        return SharedPlan(plans.schema_version, plans.preset, plans.federation, tuple(plans.clients),
+                          warnings=plans.warnings)
+    if not path.is_file():
+        raise PlanError(f"{path}: no shared plan. Fix: plan the federation with mucald_server plan first.")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if data.get("schema_version") != SCHEMA_VERSION:
+            raise PlanError(f"{path}: schema_version is {data.get('schema_version')!r}, this mucald reads "
+                            f"{SCHEMA_VERSION}. Fix: plan the federation again with mucald_server plan.")
+        return _SHARED_ADAPTER.validate_python(data)
+    except (json.JSONDecodeError, AttributeError, ValidationError) as err:
+        raise PlanError(f"{path}: not a valid shared plan ({err}). Fix: plan the federation again with "
+                        "mucald_server plan.") from None

@@ -11,7 +11,8 @@ import pytest
 from planners.budget import CPU_EFFECTIVE_FLOPS, GPU_ACTIVATION_SHARE, TRAIN_FLOPS_PER_FORWARD_FLOP, Preset, sample_cost
 from planners.errors import PlanError
 from planners.fingerprint import CaseFingerprint, combine_fingerprints
-from planners.planner import (ClientFacts, PlannerConfig, SiteOffer, assemble_plans, federation_dims, make_plans,
+from planners.planner import (ClientFacts, PlannerConfig, SiteOffer, assemble_plans, federation_dims, federation_plan,
+                              make_plans,
                               shared_topology, site_plan, site_proposal, target_spacing)
 from planners.plans import CausalGraphPlan, load_plans, plans_to_dict, save_plans
 from planners.topology import Topology, pooling_topology
@@ -235,8 +236,7 @@ def test_planning_site_by_site_with_only_plain_offers_crossing_gives_the_single_
 
     dims = cross(federation_dims(cross([site.native_dims for site in sites]), names, None))
     proposals = [site_proposal(site, config, dims, len(sites)) for site in sites]
-    offers = [SiteOffer(**{k: tuple(v) if isinstance(v, list) else v for k, v in cross(vars(p.offer)).items()})
-              for p in proposals]
+    offers = [SiteOffer.from_dict(cross(p.offer.to_dict())) for p in proposals]
     topology_sent = vars(shared_topology(offers, config, dims))
     topology = Topology(*(tuple(tuple(x) if isinstance(x, list) else x for x in cross(topology_sent[k]))
                           for k in ("kernel_sizes", "strides", "filters")))
@@ -244,7 +244,8 @@ def test_planning_site_by_site_with_only_plain_offers_crossing_gives_the_single_
              for name, site, proposal in zip(names, sites, proposals)}
     warnings = tuple(w for p in proposals for w in p.warnings)
     single = make_plans(sites, config)
-    assert plans_to_dict(assemble_plans(plans, topology, config, dims, warnings)) == plans_to_dict(single)
+    assert plans_to_dict(assemble_plans(plans, federation_plan(topology, config, dims), config, warnings)) == \
+        plans_to_dict(single)
     assert single.clients["Dataset002_B"].slice_axis == 0
     assert any("lowres" in note for plan in single.clients.values() for note in plan.planning_notes)
 
