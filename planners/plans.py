@@ -237,8 +237,26 @@ class SharedPlan:
 _SHARED_ADAPTER = TypeAdapter(SharedPlan)
 
 
+def federation_to_dict(federation: FederationPlan) -> dict[str, Any]:
+    return TypeAdapter(FederationPlan).dump_python(federation, mode="json")
+
+
+def federation_from_dict(data: Any, source: str) -> FederationPlan:
+    """A shared plan as it crossed the network; ``source`` names the sender in the error."""
+    try:
+        return TypeAdapter(FederationPlan).validate_python(data)
+    except ValidationError as err:
+        fields = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors())
+        raise PlanError(f"{source}: invalid shared plan ({fields}). Fix: run the same mucald version at the "
+                        "server and every site.") from None
+
+
+def shared_plan_to_dict(shared: SharedPlan) -> dict[str, Any]:
+    return _SHARED_ADAPTER.dump_python(shared, mode="json")
+
+
 def save_shared_plan(shared: SharedPlan, path: Path) -> None:
-    write_json_atomic(path, _SHARED_ADAPTER.dump_python(shared, mode="json"))
+    write_json_atomic(path, shared_plan_to_dict(shared))
 
 
 def load_shared_plan(path: Path) -> SharedPlan:

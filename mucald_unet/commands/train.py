@@ -22,7 +22,7 @@ from mucald_unet.federation.transport import CaptureRequest
 from mucald_unet.presets import PRESETS, preset_named
 from mucald_unet.training.trainer import FederatedTrainer, run_folder_for
 from planners.locate import client_names, find_plans
-from planners.plans import load_plans
+from planners.plans import load_shared_plan
 from mucald_unet.devices import Device, resolve_device
 from preprocessing.cli_support import DATASET_FLAGS, entry_points
 from preprocessing.paths import preprocessed_root, results_root
@@ -174,7 +174,7 @@ def train(
     plans_path = find_plans(preprocessed_root(preprocessed), datasets, federation)
     if preset:
         chosen = preset_named(preset)
-        chosen.check_plan(load_plans(plans_path).federation.cut_depth, plans_path)
+        chosen.check_plan(load_shared_plan(plans_path).federation.cut_depth, plans_path)
         config = chosen.apply(config, keep=_explicit_settings(ctx))
     names = client_names(plans_path, datasets)
     run_folder = run_folder_for(results_root(results), plans_path, config, names)

@@ -30,7 +30,7 @@ from mucald_unet.deployment.flare_job import FlareJob, run_from_kits, run_on_loo
 from mucald_unet.deployment.site_kits import SITES_FOLDER, Kit
 from mucald_unet.errors import TrainingError
 from mucald_unet.training.checkpoint import (FINAL, Checkpoint, capture_rng_state, load_plain, plans_digest,
-                                             save_checkpoint)
+                                             save_checkpoint, shared_plan_digest)
 from mucald_unet.training.trainer import CONFIG_FILE, TrainingSummary
 from planners.plans import load_plans
 from preprocessing.atomic import write_json_atomic
@@ -97,7 +97,7 @@ def _start_run_folder(plans_path: Path, clients: Sequence[str], config: Training
     that ``resume`` and ``overwrite`` ask for."""
     if resume and overwrite:
         raise TrainingError("--resume and --overwrite contradict each other. Fix: give one of them.")
-    digest = plans_digest(load_plans(Path(plans_path)))
+    digest = shared_plan_digest(Path(plans_path))
     record = {"run_name": run_folder.parent.name, "training": config.to_dict(), "plans": str(plans_path),
               "plans_digest": digest, "clients": list(clients), "engine": engine, "flare_jobs": []}
     if resume:

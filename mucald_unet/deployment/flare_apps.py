@@ -16,9 +16,8 @@ the crash hit is trained again.
 
 Constructor arguments are plain values (paths as text, the training config as a dict): FLARE writes
 them into the job's configuration and builds the objects again in each site's process. On separate
-machines the job carries no client path: each client site reads its plans, results folder and threads
-from its own kit (``site_kits.SiteSettings``), and the server refuses at the join a site whose plan is
-not its own.
+machines the job carries no client path: each client site reads its folders and threads from its own
+kit (``site_kits.SiteSettings``), and the server refuses at the join a site whose plan is not its own.
 """
 
 from __future__ import annotations
@@ -39,10 +38,10 @@ from mucald_unet.federation.messages import Direction, Kind, ManifestEntry, Mess
 from mucald_unet.federation.transport import append_manifest
 from mucald_unet.federation.wire import WireError, decode, encode
 from mucald_unet.training.augmentation import seed_augmentation
-from mucald_unet.training.checkpoint import load_plain, save_plain, site_plans_digest
+from mucald_unet.training.checkpoint import federation_digest, join_digests, load_plain, save_plain, site_plans_digest
 from mucald_unet.training.run_log import RunLog
 from mucald_unet.training.runners import ClientRunner, ServerRunner, load_client_data
-from planners.plans import load_plans
+from planners.plans import PLANS_FILE, load_plans, load_shared_plan
 
 SERVER_FOLDER = "server"
 LOG_FILE = "log.jsonl"
@@ -110,8 +109,10 @@ class FlareServerApp:
         torch.set_num_threads(self.threads)
         config = TrainingConfig.from_dict(self.config)
         torch.manual_seed(config.seed)
-        self._plans = load_plans(Path(self.plans_path))
-        self._runner = ServerRunner(self._plans, self.clients, config)
+        self._shared = load_shared_plan(Path(self.plans_path))  # a federation.json, or a whole plans.json
+        # with a whole plans.json the server can check each site's own plan too
+        self._site_plans = load_plans(Path(self.plans_path)) if Path(self.plans_path).name == PLANS_FILE else None
+        self._runner = ServerRunner(self._shared.federation, self.clients, config)
         self.folder.mkdir(parents=True, exist_ok=True)
         if self.resume and (self.folder / STATE_FILE).is_file():
             state = load_plain(self.folder / STATE_FILE)
@@ -176,13 +177,17 @@ class FlareServerApp:
         return history
 
     def _check_site_plans(self, joined: dict[str, dict]) -> None:
-        """Every site must train the plan the server trains: the shared federation plan and its own."""
+        """Every site must train the plan the server trains: the shared plan, and its own where the server
+        holds every site's (a federation planned site by site leaves each site's own plan at the site)."""
+        shared = federation_digest(self._shared.federation)
         differing = sorted(site for site, answer in joined.items()
-                           if answer.get("plans_digest") != site_plans_digest(self._plans, site))
+                           if answer.get("federation_digest") != shared or (
+                               self._site_plans is not None
+                               and answer.get("plans_digest") != site_plans_digest(self._site_plans, site)))
         if differing:
-            reason = (f"{', '.join(differing)} planned with another plans.json than the server's {self.plans_path}. "
-                      "Fix: give every site the plans.json the server trains with, preprocess its cases with it "
-                      "(mucald_plan_and_preprocess), and start again.")
+            reason = (f"{', '.join(differing)} planned with another plan than the server's {self.plans_path}. "
+                      "Fix: plan the federation again (mucald_server plan, or mucald_plan_and_preprocess and the "
+                      "same plans.json at every site), and start again.")
             RunLog(self.folder / LOG_FILE).append({"event": REFUSED, "reason": reason})  # no resubmission helps
             raise TrainingError(reason)
 
@@ -202,14 +207,17 @@ class FlareClientApp:
     """A client site: builds its ``ClientRunner`` from its own cases and answers the server's phases."""
 
     def __init__(self, plans_path: str | None, config: dict, results: str | None, call_timeout: float = 600.0,
-                 threads: int = 1, narrow_wire: bool = False, resume: bool = False, run_path: str = "") -> None:
-        """``plans_path`` and ``results`` None: each site reads its own from its kit (separate machines),
-        and keeps its records under ``<its results>/<run_path>/sites/<site>``."""
+                 threads: int = 1, narrow_wire: bool = False, resume: bool = False, run_path: str = "",
+                 federation: str = "") -> None:
+        """``plans_path`` and ``results`` None: each site reads its own folders from its kit (separate
+        machines), trains with ``<its preprocessed>/<federation>/plans.json`` and keeps its records
+        under ``<its results>/<run_path>/sites/<site>``."""
         self.plans_path, self.config, self.results, self.run_path = plans_path, dict(config), results, run_path
+        self.federation = federation
         self.call_timeout, self.threads, self.narrow_wire, self.resume = call_timeout, threads, narrow_wire, resume
         self._rounds_done = 0
         self.folder = Path(results or ".")  # <results>/<site> once the site knows its name (``start``)
-        self._plans_digest = ""
+        self._digests: dict[str, str] = {}
         self._runner: ClientRunner | None = None
         self._transport: CollabTransport | None = None
         self._terms: dict[str, float] = {}
@@ -222,7 +230,7 @@ class FlareClientApp:
         config = TrainingConfig.from_dict(self.config)
         plans = load_plans(plans_path)
         name = plans.client(collab.site_name).dataset_name  # a site is named by its dataset
-        self._plans_digest = site_plans_digest(plans, name)
+        self._digests = join_digests(plans, name)
         self.folder = results / name
         self.folder.mkdir(parents=True, exist_ok=True)
         state = load_plain(self.folder / STATE_FILE) if self.resume and (self.folder / STATE_FILE).is_file() else None
@@ -242,7 +250,12 @@ class FlareClientApp:
         if self.plans_path is not None:
             return Path(self.plans_path), Path(self.results), self.threads
         settings = SiteSettings.read(Path(collab.workspace.get_site_config_dir()))
-        return settings.plans, settings.results / self.run_path / SITES_FOLDER, settings.threads
+        plans = settings.preprocessed / self.federation / PLANS_FILE
+        if not plans.is_file():
+            raise TrainingError(f"{plans} is missing: this site has not planned {self.federation}. Fix: plan it "
+                                "(mucald_server plan, with this site's mucald_client given --raw), or copy the "
+                                "federation's plans.json and preprocess here.")
+        return plans, settings.results / self.run_path / SITES_FOLDER, settings.threads
 
     @collab.publish
     def join(self, next_round: int) -> dict:
@@ -254,7 +267,7 @@ class FlareClientApp:
             self._runner.catch_up(next_round)
             self._save_state(next_round)
         drop_unsaved_records(self.folder, next_round)  # records of a round it missed stay: it took part
-        return {"rounds_done": self._rounds_done, "caught_up": behind, "plans_digest": self._plans_digest}
+        return {"rounds_done": self._rounds_done, "caught_up": behind, **self._digests}
 
     @collab.publish
     def fetch_roster(self) -> float:

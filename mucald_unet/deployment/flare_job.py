@@ -70,7 +70,7 @@ def flare_recipe(job: FlareJob) -> CollabRecipe:
                             job.call_timeout, job.threads, job.narrow_wire, job.resume, job.min_clients)
     client_paths = (None, None) if job.sites_from_kits else (str(job.plans_path), str(job.results))
     client = FlareClientApp(client_paths[0], config, client_paths[1], job.call_timeout, job.threads,
-                            job.narrow_wire, job.resume, job.run_path)
+                            job.narrow_wire, job.resume, job.run_path, federation=job.plans_path.parent.name)
     recipe = CollabRecipe(job_name=JOB_NAME, server=server, client=client, min_clients=job.min_clients,
                           sync_task_timeout=job.call_timeout)
     fed_job = recipe._job  # CollabRecipe exposes its FedJob only as ``_job``
@@ -126,13 +126,20 @@ def run_from_kits(job: FlareJob, server_kit: Kit, admin_kit: Kit, timeout: float
                   retries_without_progress: int = 1, login_timeout: float = 120.0) -> list[str]:
     """Start the FLARE server from its kit on this machine, submit the job as the admin once the
     server answers (FLARE holds it until every site has connected from its own kit), follow it with
-    resumed jobs as ``run_on_loopback`` does, and stop the server; FLARE's status of each job.
-    The server's console goes to ``server_console.txt`` in its kit (FLARE's own log.txt is beside it)."""
+    resumed jobs as ``run_on_loopback`` does, and stop the server; FLARE's status of each job."""
+    with server_from_kit(server_kit, admin_kit, login_timeout) as env:
+        return _jobs_until_done(job, env, lambda: env, timeout, retries_without_progress, server_kit.folder)
+
+
+@contextlib.contextmanager
+def server_from_kit(server_kit: Kit, admin_kit: Kit, login_timeout: float = 120.0) -> Iterator[ProdEnv]:
+    """FLARE's server started from its kit on this machine, and the admin's session to submit jobs to it;
+    the server is stopped with everything it started when the block ends. Its console goes to
+    ``server_console.txt`` in its kit (FLARE's own log.txt is beside it)."""
     server = server_kit.expect("server").start(server_kit.folder / "server_console.txt")
     try:
-        env = ProdEnv(str(admin_kit.expect("admin").folder), login_timeout=login_timeout,
+        yield ProdEnv(str(admin_kit.expect("admin").folder), login_timeout=login_timeout,
                       username=admin_kit.admin_name)
-        return _jobs_until_done(job, env, lambda: env, timeout, retries_without_progress, server_kit.folder)
     finally:
         stop_process_group(server)
 
@@ -145,7 +152,7 @@ def _jobs_until_done(job: FlareJob, first_env, next_env, timeout: float, retries
     submit_to = first_env
     while True:
         before = job.rounds_done
-        statuses.append(_run_job(flare_recipe(job), submit_to, timeout))
+        statuses.append(run_job(flare_recipe(job), submit_to, timeout))
         if job.rounds_done >= rounds:
             return statuses
         if (reason := refusal(job.results / SERVER_FOLDER)) is not None:
@@ -158,7 +165,7 @@ def _jobs_until_done(job: FlareJob, first_env, next_env, timeout: float, retries
         submit_to = next_env()
 
 
-def _run_job(recipe: CollabRecipe, env, timeout: float) -> str:
+def run_job(recipe: CollabRecipe, env, timeout: float) -> str:
     """Submit, wait, and return FLARE's final status. Through the environment, not ``Run.get_result``,
     which stops the POC services after the job, and the next job needs them."""
     job_id = recipe.run(env).get_job_id()

@@ -17,6 +17,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from mucald_unet.deployment.site_kits import Kit
 from mucald_unet.errors import TrainingError
 from preprocessing.atomic import write_text_atomic
 
@@ -102,6 +103,7 @@ def provision(request: ProvisionRequest, out: Path, overwrite: bool = False) -> 
     kits = Kits(prod / request.server_host, {site: prod / site for site in request.sites}, prod / request.admin,
                 out / "KITS.md")
     write_text_atomic(kits.guide, kits_guide(request, kits))
+    Kit(kits.server).write_sites(request.sites)  # so that the server can plan with -d ids
     return kits
 
 

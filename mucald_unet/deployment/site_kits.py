@@ -1,7 +1,7 @@
 """A startup kit as the site that holds it: who it is, where its own files are, how FLARE starts it.
 
 On separate machines nothing may name another machine's paths, so a job carries no client path: each
-hospital's ``mucald_client`` writes its own settings (its plans, its results folder, its threads) into
+hospital's ``mucald_client`` writes its own settings (its data folders, its results folder, its threads) into
 its kit's ``local/`` folder, FLARE's place for site-local configuration, and the client app reads them
 there when the job arrives.
 """
@@ -19,6 +19,7 @@ from mucald_unet.errors import TrainingError
 from preprocessing.atomic import write_json_atomic
 
 SITE_SETTINGS_FILE = "mucald_site.json"
+PROJECT_SITES_FILE = "mucald_sites.json"  # in the server's kit: the sites it was provisioned with
 SITES_FOLDER = "sites"  # in a run folder: each side's own records, one folder per site
 
 
@@ -26,13 +27,15 @@ SITES_FOLDER = "sites"  # in a run folder: each side's own records, one folder p
 class SiteSettings:
     """What a client site decides for itself; the job decides the training."""
 
-    plans: Path  # this hospital's copy of the federation's plans.json, beside its preprocessed cases
+    preprocessed: Path  # its preprocessed root: a federation's plans.json and its own cases, per federation
     results: Path  # its results root: a run's records go to <results>/<run path>/sites/<site>
-    threads: int = 1  # torch threads of its training process
+    threads: int = 1  # torch threads of its training process (and processes of its planning)
+    raw: Path | None = None  # its raw datasets' root, when the server may plan with it (mucald_server plan)
 
     def write(self, kit: Path) -> Path:
         path = Path(kit) / "local" / SITE_SETTINGS_FILE
-        write_json_atomic(path, {"plans": str(self.plans), "results": str(self.results), "threads": self.threads})
+        write_json_atomic(path, {"preprocessed": str(self.preprocessed), "results": str(self.results),
+                                 "threads": self.threads, "raw": None if self.raw is None else str(self.raw)})
         return path
 
     @classmethod
@@ -43,7 +46,12 @@ class SiteSettings:
             raise TrainingError(f"{path} is missing: this site was started without mucald's settings. Fix: start "
                                 "it with mucald_client --kit KIT (not the kit's start.sh).")
         saved = json.loads(path.read_text())
-        return cls(Path(saved["plans"]), Path(saved["results"]), int(saved.get("threads", 1)))
+        if "preprocessed" not in saved:
+            raise TrainingError(f"{path} was written by an older mucald. Fix: start the site with mucald_client "
+                                "--kit KIT again, which writes it anew.")
+        raw = saved.get("raw")
+        return cls(Path(saved["preprocessed"]), Path(saved["results"]), int(saved.get("threads", 1)),
+                   None if raw is None else Path(raw))
 
 
 @dataclass(frozen=True)
@@ -81,6 +89,22 @@ class Kit:
     def admin_name(self) -> str:
         """The admin's user name (its e-mail), as its certificate was issued."""
         return json.loads((self.folder / "startup" / "fed_admin.json").read_text())["admin"]["username"]
+
+    def write_sites(self, sites: tuple[str, ...]) -> Path:
+        """Record in the server's kit which sites the project has (FLARE's server kit does not say)."""
+        path = self.expect("server").folder / "local" / PROJECT_SITES_FILE
+        write_json_atomic(path, {"sites": list(sites)})
+        return path
+
+    @property
+    def project_sites(self) -> tuple[str, ...]:
+        """The sites the server's kit was provisioned with, as ``write_sites`` recorded them."""
+        path = self.expect("server").folder / "local" / PROJECT_SITES_FILE
+        if not path.is_file():
+            raise TrainingError(f"{path} is missing: this server kit was issued without mucald's list of sites. "
+                                "Fix: issue the kits with mucald_provision, or name the sites in full with -d "
+                                "(-d Dataset001_Name ...).")
+        return tuple(json.loads(path.read_text())["sites"])
 
     def start(self, console: Path | None = None) -> subprocess.Popen:
         """FLARE's own start script (``--once``: no restart loop) in a session of its own (so that it can

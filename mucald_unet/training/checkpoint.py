@@ -27,7 +27,8 @@ import torch
 
 from mucald_unet.errors import TrainingError
 from mucald_unet.training.augmentation import augmentation_rng_state, restore_augmentation_rng_state
-from planners.plans import Plans, plans_to_dict
+from planners.plans import (SHARED_PLAN_FILE, FederationPlan, Plans, federation_to_dict, load_plans, load_shared_plan,
+                            plans_to_dict, shared_plan_to_dict)
 from preprocessing.atomic import atomic_output
 
 FINAL = "checkpoint_final.pt"
@@ -47,6 +48,23 @@ def site_plans_digest(plans: Plans, site: str) -> str:
     (a site's copy of the other sites' plans does not matter to them)."""
     document = plans_to_dict(plans)
     return _digest({"federation": document["federation"], "client": document["clients"][site]})
+
+
+def federation_digest(federation: FederationPlan) -> str:
+    """What every site and the server of a federation planned site by site agree on: the shared plan."""
+    return _digest(federation_to_dict(federation))
+
+
+def join_digests(plans: Plans, site: str) -> dict[str, str]:
+    """What a site tells the server at the join about the plan it trains: its own and the shared one."""
+    return {"plans_digest": site_plans_digest(plans, site), "federation_digest": federation_digest(plans.federation)}
+
+
+def shared_plan_digest(path: Path) -> str:
+    """A run's record of its plan: the whole plans.json's digest, or a server's federation.json's."""
+    if Path(path).name == SHARED_PLAN_FILE:
+        return _digest(shared_plan_to_dict(load_shared_plan(path)))
+    return plans_digest(load_plans(path))
 
 
 def _digest(document: dict) -> str:

@@ -24,7 +24,7 @@ from mucald_unet.training.batch_stream import InterleavedRoundBatches, RoundBatc
 from mucald_unet.training.data import fold_split, list_case_ids, load_training_cases, scarce_subset
 from mucald_unet.training.proxy_targets import ProxyTargets
 from planners.pipeline import PROXIES_FILE, client_cases_folder, expected_cases
-from planners.plans import Plans
+from planners.plans import FederationPlan, Plans
 
 
 @dataclass(frozen=True)
@@ -62,8 +62,9 @@ class ClientRound:
 class ServerRunner:
     """The server's role; ``handle`` is the endpoint a transport calls (a refusal becomes an ERROR reply)."""
 
-    def __init__(self, plans: Plans, client_names: Sequence[str], config: TrainingConfig) -> None:
-        self.server = SplitServer(plans.federation, list(client_names), config)
+    def __init__(self, federation: FederationPlan, client_names: Sequence[str], config: TrainingConfig) -> None:
+        """The shared plan only: the server never holds a client's own plan."""
+        self.server = SplitServer(federation, list(client_names), config)
 
     def handle(self, message: Message) -> Message:
         return answer(self.server, message)

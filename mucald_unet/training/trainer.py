@@ -32,7 +32,7 @@ from mucald_unet.training.curves import plot_training_curves
 from mucald_unet.training.run_log import RunLog
 from mucald_unet.training.runners import CaseSelection, ClientRunner, ServerRunner, load_client_data
 from planners.locate import dataset_number
-from planners.plans import Plans, load_plans
+from planners.plans import Plans, load_plans, load_shared_plan
 from preprocessing.atomic import write_json_atomic
 
 CONFIG_FILE = "config.json"
@@ -92,9 +92,9 @@ def run_name_for(config: TrainingConfig, clients: Sequence[str], planned_clients
 def run_folder_for(results_root: Path, plans_path: Path, config: TrainingConfig,
                    clients: Sequence[str] | None = None) -> Path:
     """The folder of a run of ``clients`` (default: every planned client) with ``config``."""
-    plans = load_plans(plans_path)
-    planned = list(plans.clients)
-    name = run_name_for(config, planned if clients is None else clients, planned, plans.federation.cut_depth)
+    shared = load_shared_plan(plans_path)  # a server planned site by site holds no client plans
+    planned = list(shared.clients)
+    name = run_name_for(config, planned if clients is None else clients, planned, shared.federation.cut_depth)
     return run_folder(results_root, plans_path, name, config.fold)
 
 
@@ -144,7 +144,7 @@ class FederatedTrainer:
         seed_augmentation(config.seed)
         data = {name: load_client_data(self.plans_path, self.plans, name, config, selection.get(name))
                 for name in self.client_names}
-        self.server_runner = ServerRunner(self.plans, self.client_names, config)
+        self.server_runner = ServerRunner(self.plans.federation, self.client_names, config)
         device = torch.device(config.device)
         split = config.method_spec.split
         self.transport = (InMemoryTransport(self.server_runner, device, device, wire=narrow_wire, narrow=narrow_wire)

@@ -48,6 +48,33 @@ class RichReporter:
             self.progress.advance(self.task)
 
 
+# the planner's flags, shared with the server of a federation planned site by site (mucald_server plan)
+TargetOption = Annotated[Optional[Target], typer.Option(
+    "--target", help="Budget preset: gpu (memory budget) or cpu (~3 s per federation iteration on "
+    "2 cores). Default: gpu if torch sees CUDA, else cpu.")]
+MemoryOption = Annotated[float, typer.Option("--memory-gb", min=1.0, help="GPU memory for --target gpu.")]
+DimensionalityOption = Annotated[Optional[Dimensionality], typer.Option(
+    "--config", help="Force 2d or 3d (default: 3d only if every client is 3D).")]
+NumNodesOption = Annotated[int, typer.Option("--num-nodes", min=1, help="Causal nodes K per client.")]
+SplitWidthOption = Annotated[int, typer.Option(
+    "--split-width", min=4, help="Channels crossing each split, and the width of FE, BE and the server's "
+    "first stage (nnU-Net's 32; 16 is ~2.5x cheaper per iteration and learns less).")]
+CutDepthOption = Annotated[int, typer.Option(
+    "--cut-depth", min=0, help="How many of the U-Net body's first stages (encoder and decoder, with their "
+    "skips) run at the client. 0: the cut sits after the stem, at full resolution; each stage deeper sends "
+    "features pooled once more (docs/privacy.md).")]
+NoVerifyOption = Annotated[bool, typer.Option("--no-verify", help="Skip the integrity check.")]
+SeedOption = Annotated[int, typer.Option("--seed", help="Seed for sampling and causal discovery.")]
+
+
+def planner_config(target: Target | None, memory_gb: float, config: Dimensionality | None, num_nodes: int,
+                   split_width: int, cut_depth: int) -> PlannerConfig:
+    """The planner's settings from its flags."""
+    return PlannerConfig(preset=Preset((target or _default_target()).value, memory_gb=memory_gb),
+                         dimensionality=config.value if config else None, num_nodes=num_nodes,
+                         split_channels=split_width, cut_depth=cut_depth)
+
+
 @app.command()
 def plan(
     datasets: Annotated[list[str], typer.Option(
@@ -57,30 +84,20 @@ def plan(
         "--preprocessed", help="Output folder (default: $MUCALD_PREPROCESSED).")] = None,
     num_processes: Annotated[int, typer.Option("-np", "--num-processes", min=1,
                                                help="Worker processes for fingerprinting and preprocessing.")] = 2,
-    target: Annotated[Optional[Target], typer.Option(
-        "--target", help="Budget preset: gpu (memory budget) or cpu (~3 s per federation iteration on "
-        "2 cores). Default: gpu if torch sees CUDA, else cpu.")] = None,
-    memory_gb: Annotated[float, typer.Option("--memory-gb", min=1.0, help="GPU memory for --target gpu.")] = 8.0,
-    config: Annotated[Optional[Dimensionality], typer.Option(
-        "--config", help="Force 2d or 3d (default: 3d only if every client is 3D).")] = None,
-    num_nodes: Annotated[int, typer.Option("--num-nodes", min=1, help="Causal nodes K per client.")] = 4,
-    split_width: Annotated[int, typer.Option(
-        "--split-width", min=4, help="Channels crossing each split, and the width of FE, BE and the server's "
-        "first stage (nnU-Net's 32; 16 is ~2.5x cheaper per iteration and learns less).")] = 32,
-    cut_depth: Annotated[int, typer.Option(
-        "--cut-depth", min=0, help="How many of the U-Net body's first stages (encoder and decoder, with their "
-        "skips) run at the client. 0: the cut sits after the stem, at full resolution; each stage deeper sends "
-        "features pooled once more (docs/privacy.md).")] = 0,
-    no_verify: Annotated[bool, typer.Option("--no-verify", help="Skip the integrity check.")] = False,
+    target: TargetOption = None,
+    memory_gb: MemoryOption = 8.0,
+    config: DimensionalityOption = None,
+    num_nodes: NumNodesOption = 4,
+    split_width: SplitWidthOption = 32,
+    cut_depth: CutDepthOption = 0,
+    no_verify: NoVerifyOption = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Redo finished preprocessed cases.")] = False,
-    seed: Annotated[int, typer.Option("--seed", help="Seed for sampling and causal discovery.")] = 0,
+    seed: SeedOption = 0,
 ) -> None:
     """Self-configure a federation: every decision lands in one plans.json."""
-    preset = Preset((target or _default_target()).value, memory_gb=memory_gb)
     pipeline = PipelineConfig(
         raw_root=raw_root(raw), preprocessed_root=preprocessed_root(preprocessed), datasets=tuple(datasets),
-        planner=PlannerConfig(preset=preset, dimensionality=config.value if config else None,
-                              num_nodes=num_nodes, split_channels=split_width, cut_depth=cut_depth),
+        planner=planner_config(target, memory_gb, config, num_nodes, split_width, cut_depth),
         num_processes=num_processes, verify=not no_verify, overwrite=overwrite, seed=seed)
     console = Console(highlight=False)
     columns = (TextColumn("{task.description:<40}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())

@@ -12,7 +12,7 @@ import pytest
 
 from mucald_unet.deployment.flare_apps import _completed, site_seed
 from mucald_unet.config import TrainingConfig
-from mucald_unet.deployment.flare_job import JOB_NAME, FlareJob, _run_job, flare_recipe
+from mucald_unet.deployment.flare_job import JOB_NAME, FlareJob, run_job, flare_recipe
 from mucald_unet.errors import TrainingError
 
 
@@ -57,7 +57,7 @@ class Submitted:
 
 def test_a_job_not_finished_in_time_stops_the_driver_instead_of_counting_as_ended() -> None:
     with pytest.raises(TrainingError, match="the FLARE job job-1 did not finish within 5 s"):
-        _run_job(Submitted(), StillRunning(), timeout=5.0)
+        run_job(Submitted(), StillRunning(), timeout=5.0)
 
 
 def test_the_job_names_every_site_as_mandatory_so_flare_holds_it_until_all_are_connected(tmp_path: Path) -> None:

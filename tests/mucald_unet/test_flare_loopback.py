@@ -25,7 +25,7 @@ from inference.model import load_client_model
 from mucald_unet.deployment.flare_apps import LOG_FILE, MANIFEST_FILE, SERVER_FOLDER, STATE_FILE
 from mucald_unet.deployment.deployed_run import FLARE_FOLDER, SITES_FOLDER, train_on_loopback
 from mucald_unet.errors import TrainingError
-from mucald_unet.training.checkpoint import FINAL, load_plain, plans_digest, site_plans_digest
+from mucald_unet.training.checkpoint import FINAL, join_digests, load_plain, plans_digest
 from mucald_unet.training.trainer import CONFIG_FILE
 from planners.plans import load_plans
 from tests.conftest import CLIENTS
@@ -116,7 +116,7 @@ def test_sites_as_separate_processes_over_mutual_tls_train_mucald_through_crashe
     joins = [r for r in server_log if r["event"] == "join"]
     assert joins[0] == {"event": "join", "resumed_at": 0,
                         "sites": {site: {"rounds_done": 0, "caught_up": False,
-                                         "plans_digest": site_plans_digest(load_plans(tiny_federation), site)}
+                                         **join_digests(load_plans(tiny_federation), site)}
                                   for site in CLIENTS}}
     # the site's crash: round 1 again, or 2 where our server closed round 1 without the site
     (_, after_site, after_server) = (join["resumed_at"] for join in joins)

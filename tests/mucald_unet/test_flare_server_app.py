@@ -18,10 +18,10 @@ from mucald_unet.deployment.flare_job import FlareJob
 from mucald_unet.errors import TrainingError
 from mucald_unet.federation.messages import Message
 from mucald_unet.federation.transport import InMemoryTransport
-from mucald_unet.training.checkpoint import load_plain, site_plans_digest
+from mucald_unet.training.checkpoint import join_digests, load_plain
 from mucald_unet.training.run_log import RunLog
 from mucald_unet.training.runners import ClientRunner, load_client_data
-from planners.plans import PLANS_FILE, load_plans
+from planners.plans import PLANS_FILE, SHARED_PLAN_FILE, load_plans, load_shared_plan, save_shared_plan
 from tests.conftest import CLIENTS
 from tests.mucald_unet.conftest import quick_config
 
@@ -70,7 +70,7 @@ class Group:
 
     def join(self, next_round: int) -> GroupResults:
         return self._each(lambda runner: runner.join() or {"rounds_done": next_round, "caught_up": False,
-                                                           "plans_digest": self.digests[runner.name]})
+                                                           **self.digests[runner.name]})
 
     def fetch_roster(self) -> GroupResults:
         return self._each(lambda runner: runner.fetch_roster())
@@ -83,17 +83,19 @@ class Group:
 
 
 def server_app_with_sites(plans_path: Path, results: Path, min_clients: int,
-                          victim_plans: Path | None = None) -> FlareServerApp:
-    """``victim_plans``: the plans the victim site planned with (default: the server's)."""
+                          victim_plans: Path | None = None, server_plan: Path | None = None) -> FlareServerApp:
+    """``victim_plans``: the plans the victim site planned with (default: the server's); ``server_plan``:
+    the server's (default: the sites' plans.json)."""
     config = quick_config(method="mucald", rounds=ROUNDS, iterations=ITERATIONS)
-    app = FlareServerApp(str(plans_path), list(CLIENTS), config.to_dict(), str(results), min_clients=min_clients)
+    app = FlareServerApp(str(server_plan or plans_path), list(CLIENTS), config.to_dict(), str(results),
+                         min_clients=min_clients)
     app.start()
     plans = load_plans(plans_path)
     link = InMemoryTransport(app._runner)
     runners = {name: ClientRunner(name, plans, config, load_client_data(plans_path, plans, name, config),
                                   CutLink(link) if name == VICTIM else link) for name in CLIENTS}
-    digests = {name: site_plans_digest(load_plans(victim_plans if name == VICTIM and victim_plans else plans_path),
-                                       name) for name in CLIENTS}
+    digests = {name: join_digests(load_plans(victim_plans if name == VICTIM and victim_plans else plans_path), name)
+               for name in CLIENTS}
     app._group = lambda sites: Group(sites, runners, digests)  # in place of FLARE's group call
     return app
 
@@ -135,11 +137,32 @@ def test_a_site_planned_with_another_plan_is_refused_at_the_join(tiny_federation
     (tmp_path / "site" / PLANS_FILE).write_text(json.dumps(document))
     torch.manual_seed(0)
     app = server_app_with_sites(tiny_federation, tmp_path, min_clients=1, victim_plans=tmp_path / "site" / PLANS_FILE)
-    with pytest.raises(TrainingError, match=rf"^{VICTIM} planned with another plans.json than the server's .*Fix: "
-                                            "give every site the plans.json the server trains with"):
+    with pytest.raises(TrainingError, match=rf"^{VICTIM} planned with another plan than the server's .*Fix: "
+                                            "plan the federation again"):
         app.run()
     assert not (tmp_path / SERVER_FOLDER / STATE_FILE).exists()  # refused before any round
-    assert refusal(tmp_path / SERVER_FOLDER).startswith(f"{VICTIM} planned with another plans.json")  # for the driver
+    assert refusal(tmp_path / SERVER_FOLDER).startswith(f"{VICTIM} planned with another plan")  # for the driver
+
+
+def test_a_server_planned_site_by_site_trains_from_the_shared_plan_and_checks_only_that(tiny_federation: Path,
+                                                                                        tmp_path: Path) -> None:
+    """Its federation.json holds no site's own plan: a site's own plan is the site's, the shared one is not."""
+    shared = tmp_path / "server" / SHARED_PLAN_FILE
+    save_shared_plan(load_shared_plan(tiny_federation), shared)
+    document = json.loads(tiny_federation.read_text())
+    document["clients"][VICTIM]["batch_size"] += 1
+    (tmp_path / "own").mkdir()
+    (tmp_path / "own" / PLANS_FILE).write_text(json.dumps(document))
+    torch.manual_seed(0)
+    history = server_app_with_sites(tiny_federation, tmp_path / "a", 2, tmp_path / "own" / PLANS_FILE, shared).run()
+    assert history[0]["round"] == 0 and sorted(history[0]["clients"]) == CLIENTS  # trained with every site
+
+    document["federation"]["diffusion"]["eval_timestep"] += 1  # now the shared plan differs too
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / PLANS_FILE).write_text(json.dumps(document))
+    app = server_app_with_sites(tiny_federation, tmp_path / "b", 2, tmp_path / "other" / PLANS_FILE, shared)
+    with pytest.raises(TrainingError, match=rf"^{VICTIM} planned with another plan than the server's .*{SHARED_PLAN_FILE}"):
+        app.run()
 
 
 def test_the_job_driver_resubmits_a_job_that_saved_nothing_but_not_one_the_server_refused(
@@ -153,7 +176,7 @@ def test_the_job_driver_resubmits_a_job_that_saved_nothing_but_not_one_the_serve
             RunLog(tmp_path / SERVER_FOLDER / LOG_FILE).append({"event": "refused", "reason": "X planned otherwise"})
         return "FINISHED:COMPLETED"
 
-    monkeypatch.setattr(flare_job, "_run_job", refused_the_second_time)
+    monkeypatch.setattr(flare_job, "run_job", refused_the_second_time)
     with pytest.raises(TrainingError, match="^the server refused the run: X planned otherwise$"):
         flare_job._jobs_until_done(job, "first", lambda: "next", 10.0, 5, tmp_path)
     assert submitted == ["first", "next"]

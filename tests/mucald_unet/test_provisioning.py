@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives.asymmetric import padding
 
 from mucald_unet.commands.provision import main as provision_main
 from mucald_unet.deployment.provisioning import ProvisionRequest
+from mucald_unet.deployment.site_kits import Kit
 from mucald_unet.errors import TrainingError
 
 SITES = ["Dataset001_DemoPolyp", "Dataset002_DemoLungCT"]
@@ -55,6 +56,7 @@ def test_kits_share_one_root_ca_and_another_provisionings_do_not(tmp_path: Path)
         assert client["client"]["connection_security"] == "mtls" and client["servers"][0]["identity"] == "server.example.org"
     guide = (tmp_path / "a" / "KITS.md").read_text()
     assert all(site in guide for site in SITES) and "admin@hospital.org" in guide and "9102" in guide
+    assert Kit(kits / "server.example.org").project_sites == tuple(SITES)  # for mucald_server plan -d IDS
 
 
 def test_a_second_provisioning_into_the_same_folder_needs_overwrite(tmp_path: Path) -> None:

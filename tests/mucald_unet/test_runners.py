@@ -25,7 +25,7 @@ def build_runners(plans_path: Path, names: list[str], config, wire: bool = False
     torch.manual_seed(config.seed)
     seed_augmentation(config.seed)
     data = {name: load_client_data(plans_path, plans, name, config) for name in names}
-    server = ServerRunner(plans, names, config)
+    server = ServerRunner(plans.federation, names, config)
     transport = InMemoryTransport(server, wire=wire)
     return server, [ClientRunner(name, plans, config, data[name], transport) for name in names]
 

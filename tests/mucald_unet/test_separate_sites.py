@@ -1,9 +1,10 @@
 """A federation on separate machines, as hospitals run it: ``mucald_provision`` issues the kits, each
-hospital holds only the plan and its own preprocessed cases in its own folders and runs
-``mucald_client`` from its kit, and the server, which holds the plan and no case at all, runs
-``mucald_server`` from its kit and submits with the admin's. Every process talks over mutual TLS on
-loopback; each side's records land on its own "machine" only, the two sides' manifests agree entry by
-entry (only features, gradients, weights and counts crossed), and every process is stopped by pid."""
+hospital holds only its own raw dataset in its own folders and runs ``mucald_client`` from its kit,
+and the server, which never holds a case, plans the federation site by site (``mucald_server plan``:
+each site gets the plan the single-process pipeline makes) and trains it (``mucald_server``), both
+from its kit and submitting with the admin's. Every process talks over mutual TLS on loopback; each
+side's files land on its own "machine" only, the two sides' manifests agree entry by entry (only
+features, gradients, weights and counts crossed), and every process is stopped by pid."""
 
 from __future__ import annotations
 
@@ -23,7 +24,10 @@ from mucald_unet.deployment.flare_apps import LOG_FILE, MANIFEST_FILE, SERVER_FO
 from mucald_unet.deployment.flare_job import free_ports, stop_processes_under
 from mucald_unet.deployment.site_kits import SITE_SETTINGS_FILE, SITES_FOLDER
 from mucald_unet.training.checkpoint import load_plain
-from planners.plans import PLANS_FILE
+from mucald_unet.deployment.flare_planning import PLANNING_LOG
+from mucald_unet.training.checkpoint import site_plans_digest
+from planners.pipeline import CASES_FOLDER
+from planners.plans import PLANS_FILE, SHARED_PLAN_FILE, load_plans, load_shared_plan
 from tests.conftest import CLIENTS
 
 ROUNDS, ITERATIONS = 2, 2
@@ -35,14 +39,9 @@ def _watchdog_fired(signum, frame) -> None:
     raise TimeoutError(f"the federation did not finish within {WATCHDOG_SECONDS} s")
 
 
-def machine_with(machine: Path, plans_path: Path, own_dataset: str | None) -> Path:
-    """A machine's preprocessed folder: the federation's plan, and the cases of its own dataset only."""
-    federation = machine / "preprocessed" / plans_path.parent.name
-    federation.mkdir(parents=True)
-    shutil.copy2(plans_path, federation / PLANS_FILE)
-    if own_dataset is not None:
-        shutil.copytree(plans_path.parent / own_dataset, federation / own_dataset)
-    return machine / "preprocessed"
+def hospital_with(machine: Path, raw: Path, own_dataset: str) -> None:
+    """A hospital's machine: the raw cases of its own dataset only."""
+    shutil.copytree(raw / own_dataset, machine / "raw" / own_dataset)
 
 
 def read_lines(path: Path) -> list[dict]:
@@ -51,14 +50,14 @@ def read_lines(path: Path) -> list[dict]:
 
 def start_hospital(kit: Path, machine: Path) -> subprocess.Popen:
     console = open(machine / "console.txt", "wb")  # noqa: SIM115 - the process owns it until it is stopped
-    return subprocess.Popen([sys.executable, "-m", "mucald_unet.commands.client", "--kit", str(kit),
-                             "--preprocessed", str(machine / "preprocessed"), "--results", str(machine / "results"),
-                             "--threads", "1"], env={**os.environ, "HOME": str(machine)},
+    return subprocess.Popen([sys.executable, "-m", "mucald_unet.commands.client", "--kit", str(kit), "--raw",
+                             str(machine / "raw"), "--preprocessed", str(machine / "preprocessed"), "--results",
+                             str(machine / "results"), "--threads", "1"], env={**os.environ, "HOME": str(machine)},
                             stdout=console, stderr=subprocess.STDOUT)
 
 
-def test_hospitals_and_the_server_train_from_their_own_kits_and_folders(tiny_federation: Path,
-                                                                         tmp_path: Path) -> None:
+def test_hospitals_and_the_server_plan_and_train_from_their_own_kits_and_folders(tiny_federation: Path,
+                                                                                  tmp_path: Path) -> None:
     user_settings = Path.home() / ".nvflare"
     had_settings = user_settings.exists()
     fed_port, admin_port = free_ports(2)
@@ -66,18 +65,21 @@ def test_hospitals_and_the_server_train_from_their_own_kits_and_folders(tiny_fed
                            ADMIN, "--fed-port", str(fed_port), "--admin-port", str(admin_port)]) == 0
     prod = next((tmp_path / "kits" / "workspace" / "mucald").glob("prod_*"))
     server_machine = tmp_path / "server"
-    server_preprocessed = machine_with(server_machine, tiny_federation, None)
+    server_preprocessed = server_machine / "preprocessed"
+    kits = ["--kit", str(prod / "localhost"), "--admin-kit", str(prod / ADMIN)]
     hospitals = {}
     previous = signal.signal(signal.SIGALRM, _watchdog_fired)
     signal.alarm(WATCHDOG_SECONDS)
     try:
         for site in CLIENTS:
-            machine_with(tmp_path / site, tiny_federation, site)
+            hospital_with(tmp_path / site, tiny_federation.parent.parent.parent / "raw", site)
             hospitals[site] = start_hospital(prod / site, tmp_path / site)
-        code = server_main(["-d", "1", "2", "3", "--preprocessed", str(server_preprocessed), "--results",
-                            str(server_machine / "results"), "--kit", str(prod / "localhost"), "--admin-kit",
-                            str(prod / ADMIN), "--rounds", str(ROUNDS), "--iters", str(ITERATIONS),
-                            "--wire-dtype", "float16"])
+        # the tiny_federation fixture's planner settings
+        planned = server_main(["plan", "-d", "1", "2", "3", "--preprocessed", str(server_preprocessed), *kits,
+                               "--target", "cpu", "--config", "2d", "--split-width", "16"])
+        code = planned or server_main(["-d", "1", "2", "3", "--preprocessed", str(server_preprocessed), "--results",
+                                       str(server_machine / "results"), *kits, "--rounds", str(ROUNDS), "--iters",
+                                       str(ITERATIONS), "--wire-dtype", "float16"])
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, previous)
@@ -113,6 +115,19 @@ def test_hospitals_and_the_server_train_from_their_own_kits_and_folders(tiny_fed
         assert sent == [entry for entry in server_manifest if entry["client"] == site]
         assert {entry["kind"] for entry in sent} == {"features", "gradient", "weights", "report", "ack"}
         assert 0.45 < logged[-1]["wire_bytes"] / sum(e["bytes"] for e in sent if e["round"] == ROUNDS - 1) < 0.6
-    for other in ("server", *CLIENTS):  # the server holds no case; a hospital only its own
-        held = {p.name for p in (tmp_path / other / "preprocessed" / tiny_federation.parent.name).iterdir()}
-        assert held == {PLANS_FILE} | ({other} if other != "server" else set())
+    single = load_plans(tiny_federation)  # the single-process pipeline's plan of the same datasets
+    shared = load_shared_plan(server_preprocessed / tiny_federation.parent.name / SHARED_PLAN_FILE)
+    assert shared.federation == single.federation and shared.clients == tuple(CLIENTS)
+    for site in CLIENTS:  # a hospital holds its own plan and cases only, equal to the single process's
+        folder = tmp_path / site / "preprocessed" / tiny_federation.parent.name
+        assert {p.name for p in folder.iterdir()} == {PLANS_FILE, site}
+        own = load_plans(folder / PLANS_FILE)
+        assert list(own.clients) == [site] and site_plans_digest(own, site) == site_plans_digest(single, site)
+        assert sorted(p.name for p in (folder / site / CASES_FOLDER).iterdir()) == \
+            sorted(p.name for p in (tiny_federation.parent / site / CASES_FOLDER).iterdir())
+    held = {p.name for p in (server_preprocessed / tiny_federation.parent.name).iterdir()}
+    assert held == {SHARED_PLAN_FILE, PLANNING_LOG}  # the server: the shared plan and what the sites sent
+    sent = read_lines(server_preprocessed / tiny_federation.parent.name / PLANNING_LOG)
+    assert [r["event"] for r in sent] == ["analyse", "offer", "finish"]
+    assert set(sent[1]["offers"][CLIENTS[0]]) == {"offer", "warnings"}
+    assert set(sent[1]["offers"][CLIENTS[0]]["offer"]) == {"dataset_name", "patch_spacing", "patch"}

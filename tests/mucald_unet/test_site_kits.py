@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from mucald_unet.commands.client import main as client_main
+from mucald_unet.commands.server_plan import site_names
 from mucald_unet.commands.server import main as server_main
 from mucald_unet.commands.train import main as train_main
 from mucald_unet.deployment.site_kits import SITE_SETTINGS_FILE, Kit, SiteSettings
@@ -45,9 +46,10 @@ def test_a_kit_says_whose_it_is(tmp_path: Path) -> None:
 
 def test_site_settings_live_in_the_kit_and_their_absence_is_explained(tmp_path: Path) -> None:
     kit = fake_kit(tmp_path, "client", CLIENTS[0])
-    settings = SiteSettings(tmp_path / "plans.json", tmp_path / "results", threads=3)
-    assert settings.write(kit) == kit / "local" / SITE_SETTINGS_FILE
-    assert SiteSettings.read(kit / "local") == settings
+    for settings in (SiteSettings(tmp_path / "preprocessed", tmp_path / "results", threads=3),
+                     SiteSettings(tmp_path / "preprocessed", tmp_path / "results", 1, raw=tmp_path / "raw")):
+        assert settings.write(kit) == kit / "local" / SITE_SETTINGS_FILE
+        assert SiteSettings.read(kit / "local") == settings
     with pytest.raises(TrainingError, match="started without mucald's settings. Fix: start it with mucald_client"):
         SiteSettings.read(tmp_path / "nowhere")
 
@@ -62,10 +64,14 @@ def test_mucald_client_checks_its_kit_and_dataset_before_starting_anything(
     assert client_main(["--kit", str(site_kit), "-d", "2", "--preprocessed", preprocessed]) == 1
     assert f"-d 2 is not this kit's site {CLIENTS[0]}" in capsys.readouterr().err
     stranger = fake_kit(tmp_path, "client", "Dataset009_Elsewhere")
-    assert client_main(["--kit", str(stranger), "--preprocessed", preprocessed]) == 1
+    results = ["--results", str(tmp_path / "results")]
+    assert client_main(["--kit", str(stranger), "--preprocessed", preprocessed, *results]) == 1
     refusal = capsys.readouterr().err
-    assert "no Federation_009" in refusal and "Fix: run mucald_plan_and_preprocess -d 9" in refusal
-    assert not (site_kit / "local").exists()  # nothing written for a refused start
+    assert "no plan holds Dataset009_Elsewhere" in refusal and "Fix: give --raw" in refusal
+    assert "mucald_plan_and_preprocess -d 9" in refusal
+    assert client_main(["--kit", str(stranger), "--preprocessed", preprocessed, *results, "--raw", str(tmp_path)]) == 1
+    assert "Dataset009" in capsys.readouterr().err  # raw data given, but not the site's
+    assert not (site_kit / "local").exists() and not (stranger / "local").exists()  # nothing written when refused
 
 
 def test_the_server_needs_both_kits_and_the_flags_fit_their_engine(tiny_federation: Path, tmp_path: Path,
@@ -84,3 +90,18 @@ def test_the_server_needs_both_kits_and_the_flags_fit_their_engine(tiny_federati
     assert train_main([*common, "--engine", "flare-loopback", "--admin-kit", str(admin)]) == 1
     assert "provisions its own kits" in capsys.readouterr().err
     assert not (tmp_path / "results").exists()  # refused before any run folder was made
+
+
+def test_the_server_plans_the_sites_its_kit_was_issued_for(tmp_path: Path) -> None:
+    server = Kit(fake_kit(tmp_path, "server", "localhost"))
+    with pytest.raises(TrainingError, match="issued without mucald's list of sites. Fix: issue the kits"):
+        site_names(["1", "2"], server)
+    assert site_names(CLIENTS[:2], server) == CLIENTS[:2]  # full names need no list
+    server.write_sites(tuple(CLIENTS))
+    assert site_names(["3", "001"], server) == [CLIENTS[2], CLIENTS[0]]
+    with pytest.raises(TrainingError, match="-d 7: no such site .* Fix: name the sites the kits were issued for"):
+        site_names(["1", "7"], server)
+    with pytest.raises(TrainingError, match="named twice"):
+        site_names(["1", "Dataset001_DemoPolyp"], server)
+    with pytest.raises(TrainingError, match="the client's kit, not the server's"):
+        Kit(fake_kit(tmp_path, "client", CLIENTS[0])).project_sites
