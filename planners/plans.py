@@ -9,6 +9,7 @@ and its own, and the server's ``federation.json`` (``SharedPlan``) the shared pl
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from pathlib import Path
@@ -235,6 +236,16 @@ class SharedPlan:
 
 
 _SHARED_ADAPTER = TypeAdapter(SharedPlan)
+
+
+def document_digest(document: dict[str, Any]) -> str:
+    """A short, stable digest of a plan document: what two machines compare to agree on a plan."""
+    return hashlib.sha256(json.dumps(document, sort_keys=True).encode("utf-8")).hexdigest()[:16]
+
+
+def federation_digest(federation: FederationPlan) -> str:
+    """What every site and the server of a federation agree on: the shared plan."""
+    return document_digest(federation_to_dict(federation))
 
 
 def federation_to_dict(federation: FederationPlan) -> dict[str, Any]:

@@ -14,7 +14,6 @@ import signal
 from pathlib import Path
 from typing import Annotated, Optional
 
-import torch
 import typer
 from rich.console import Console
 
@@ -41,11 +40,13 @@ def client(
     results: Annotated[Optional[Path], typer.Option(
         "--results", help="Results folder (default: $MUCALD_RESULTS); a run's records go to "
         "<results>/<federation>/<run name>/fold_<F>/sites/<site>.")] = None,
-    threads: Annotated[int, typer.Option("--threads", min=1, help="torch threads for training.")] = torch.get_num_threads(),
+    threads: Annotated[int, typer.Option(
+        "--threads", min=1, help="torch threads for training, processes for planning (default: the CPUs this "
+        "process may use).")] = len(os.sched_getaffinity(0)),
 ) -> None:
     """Write the site's settings into its kit, then run FLARE's client until stopped."""
     try:
-        from mucald_unet.deployment.flare_job import stop_process_group
+        from mucald_unet.deployment.flare_server import stop_process_group
         from mucald_unet.deployment.site_kits import Kit, SiteSettings
     except ImportError as missing:
         raise TrainingError(f"mucald_client needs NVIDIA FLARE ({missing}). Fix: pip install 'mucald[deploy]'.") from None

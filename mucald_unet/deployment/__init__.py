@@ -5,3 +5,6 @@ The roles are ``training/runners.py``'s; this package carries their messages ove
 
 LOOPBACK_ENGINE = "flare-loopback"  # mucald_train --engine's name for it, and the label of its run names
 KITS_ENGINE = "flare"  # mucald_server: the server from its startup kit, each hospital from its own
+# installed at every site (the same version); FLARE must not copy their files into a job, where a
+# partial copy without the packages' __init__ files would shadow the installed packages
+INSTALLED_PACKAGES = ["mucald_unet", "planners", "preprocessing", "inference"]

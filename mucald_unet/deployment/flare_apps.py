@@ -38,10 +38,10 @@ from mucald_unet.federation.messages import Direction, Kind, ManifestEntry, Mess
 from mucald_unet.federation.transport import append_manifest
 from mucald_unet.federation.wire import WireError, decode, encode
 from mucald_unet.training.augmentation import seed_augmentation
-from mucald_unet.training.checkpoint import federation_digest, join_digests, load_plain, save_plain, site_plans_digest
+from mucald_unet.training.checkpoint import join_digests, load_plain, save_plain, site_plans_digest
 from mucald_unet.training.run_log import RunLog
 from mucald_unet.training.runners import ClientRunner, ServerRunner, load_client_data
-from planners.plans import PLANS_FILE, load_plans, load_shared_plan
+from planners.plans import PLANS_FILE, federation_digest, load_plans, load_shared_plan
 
 SERVER_FOLDER = "server"
 LOG_FILE = "log.jsonl"

@@ -14,9 +14,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-import signal
 import socket
-import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,16 +25,15 @@ from nvflare.collab import CollabRecipe
 from nvflare.recipe import PocEnv, ProdEnv
 
 from mucald_unet.config import TrainingConfig
+from mucald_unet.deployment import INSTALLED_PACKAGES
 from mucald_unet.deployment.flare_apps import SERVER_FOLDER, FlareClientApp, FlareServerApp, refusal, saved_rounds
+from mucald_unet.deployment.flare_server import run_job, server_from_kit, stop_process_group
 from mucald_unet.deployment.provisioning import ProvisionRequest, project_config
 from mucald_unet.deployment.site_kits import Kit
 from mucald_unet.errors import TrainingError
 from preprocessing.atomic import write_json_atomic
 
 JOB_NAME = "mucald"
-# installed at every site (the same version); FLARE must not copy their files into the job, where a
-# partial copy without the packages' __init__ files would shadow the installed packages
-INSTALLED_PACKAGES = ["mucald_unet", "planners", "preprocessing", "inference"]
 POC_ADMIN = "admin@nvidia.com"  # the admin FLARE's POC mode submits jobs as
 
 
@@ -131,19 +128,6 @@ def run_from_kits(job: FlareJob, server_kit: Kit, admin_kit: Kit, timeout: float
         return _jobs_until_done(job, env, lambda: env, timeout, retries_without_progress, server_kit.folder)
 
 
-@contextlib.contextmanager
-def server_from_kit(server_kit: Kit, admin_kit: Kit, login_timeout: float = 120.0) -> Iterator[ProdEnv]:
-    """FLARE's server started from its kit on this machine, and the admin's session to submit jobs to it;
-    the server is stopped with everything it started when the block ends. Its console goes to
-    ``server_console.txt`` in its kit (FLARE's own log.txt is beside it)."""
-    server = server_kit.expect("server").start(server_kit.folder / "server_console.txt")
-    try:
-        yield ProdEnv(str(admin_kit.expect("admin").folder), login_timeout=login_timeout,
-                      username=admin_kit.admin_name)
-    finally:
-        stop_process_group(server)
-
-
 def _jobs_until_done(job: FlareJob, first_env, next_env, timeout: float, retries_without_progress: int,
                      logs: Path) -> list[str]:
     """Submit the job, then resumed ones, until every round is saved; an error after too many in a row
@@ -163,16 +147,6 @@ def _jobs_until_done(job: FlareJob, first_env, next_env, timeout: float, retries
                                 f"{', '.join(statuses)}). Fix: read the site logs under {logs}.")
         job = dataclasses.replace(job, resume=True)
         submit_to = next_env()
-
-
-def run_job(recipe: CollabRecipe, env, timeout: float) -> str:
-    """Submit, wait, and return FLARE's final status. Through the environment, not ``Run.get_result``,
-    which stops the POC services after the job, and the next job needs them."""
-    job_id = recipe.run(env).get_job_id()
-    if env.get_job_result(job_id, timeout=timeout) is None:  # still running (the caller stops the services)
-        raise TrainingError(f"the FLARE job {job_id} did not finish within {timeout:g} s. Fix: give the run more "
-                            "time, or read the site logs for a site that stopped answering.")
-    return str(env.get_job_status(job_id))
 
 
 def poc_admin_kit(workspace: Path) -> Path:
@@ -199,17 +173,6 @@ def free_ports(count: int) -> list[int]:
         for probe in probes:
             probe.bind(("localhost", 0))
         return [probe.getsockname()[1] for probe in probes]
-
-
-def stop_process_group(process, grace: float = 30.0) -> None:
-    """Stop a process started in its own session and everything it started (SIGTERM, then SIGKILL)."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGTERM)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        process.wait(timeout=grace)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
 
 
 def stop_processes_under(workspace: Path, grace: float = 30.0) -> list[int]:

@@ -8,7 +8,9 @@ spacing and the planner's warnings come back) and ``finish`` (given the shared p
 itself, writes its ``plans.json`` and preprocesses its cases; the digest of the shared plan it
 wrote comes back). The server writes the shared plan as ``federation.json`` once every site has
 written its own. No image, label, proxy or intensity statistic crosses. Each site reads its folders
-from its kit (``site_kits.SiteSettings``); the job carries only the planner's settings.
+from its kit (``site_kits.SiteSettings``); the job carries only the planner's settings. The job's
+processes import this module for its apps, so it imports nothing of training (no torch): a
+hospital's planning process starts in seconds.
 """
 
 from __future__ import annotations
@@ -18,14 +20,15 @@ from pathlib import Path
 
 from nvflare.collab import CollabRecipe, collab
 
-from mucald_unet.deployment.flare_job import INSTALLED_PACKAGES, run_job, server_from_kit
+from mucald_unet.deployment import INSTALLED_PACKAGES
+from mucald_unet.deployment.flare_server import run_job, server_from_kit
 from mucald_unet.deployment.site_kits import Kit, SiteSettings
 from mucald_unet.errors import TrainingError
-from mucald_unet.training.checkpoint import federation_digest
 from mucald_unet.training.run_log import RunLog
 from planners.pipeline import PipelineConfig
 from planners.planner import PlannerConfig, SiteOffer
-from planners.plans import SharedPlan, federation_from_dict, federation_to_dict, load_shared_plan, save_shared_plan
+from planners.plans import (SharedPlan, federation_digest, federation_from_dict, federation_to_dict, load_shared_plan,
+                            save_shared_plan)
 from planners.site_planning import OfferReply, SitePlanner, server_dims, server_shared_plan
 
 PLANNING_JOB_NAME = "mucald_plan"

@@ -13,8 +13,6 @@ another party can then carry weights but never code that runs on loading.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import pickle
 import re
 from collections import OrderedDict
@@ -27,7 +25,7 @@ import torch
 
 from mucald_unet.errors import TrainingError
 from mucald_unet.training.augmentation import augmentation_rng_state, restore_augmentation_rng_state
-from planners.plans import (SHARED_PLAN_FILE, FederationPlan, Plans, federation_to_dict, load_plans, load_shared_plan,
+from planners.plans import (SHARED_PLAN_FILE, Plans, document_digest, federation_digest, load_plans, load_shared_plan,
                             plans_to_dict, shared_plan_to_dict)
 from preprocessing.atomic import atomic_output
 
@@ -40,35 +38,29 @@ TORCH_LEAVES = (torch.Tensor, torch.Size, torch.dtype, torch.device)  # weights_
 
 
 def plans_digest(plans: Plans) -> str:
-    return _digest(plans_to_dict(plans))
+    return document_digest(plans_to_dict(plans))
 
 
 def site_plans_digest(plans: Plans, site: str) -> str:
     """What a site and the server must agree on: the shared federation plan and that site's own plan
     (a site's copy of the other sites' plans does not matter to them)."""
     document = plans_to_dict(plans)
-    return _digest({"federation": document["federation"], "client": document["clients"][site]})
-
-
-def federation_digest(federation: FederationPlan) -> str:
-    """What every site and the server of a federation planned site by site agree on: the shared plan."""
-    return _digest(federation_to_dict(federation))
+    return document_digest({"federation": document["federation"], "client": document["clients"][site]})
 
 
 def join_digests(plans: Plans, site: str) -> dict[str, str]:
     """What a site tells the server at the join about the plan it trains: its own and the shared one."""
-    return {"plans_digest": site_plans_digest(plans, site), "federation_digest": federation_digest(plans.federation)}
+    return {"plans_digest": site_plans_digest(plans, site),
+            "federation_digest": federation_digest(plans.federation)}
 
 
 def shared_plan_digest(path: Path) -> str:
     """A run's record of its plan: the whole plans.json's digest, or a server's federation.json's."""
     if Path(path).name == SHARED_PLAN_FILE:
-        return _digest(shared_plan_to_dict(load_shared_plan(path)))
+        return document_digest(shared_plan_to_dict(load_shared_plan(path)))
     return plans_digest(load_plans(path))
 
 
-def _digest(document: dict) -> str:
-    return hashlib.sha256(json.dumps(document, sort_keys=True).encode("utf-8")).hexdigest()[:16]
 
 
 @dataclass
