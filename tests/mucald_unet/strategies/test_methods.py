@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from inference.model import load_client_model
+from mucald_unet.config import StrategyOptions
 from mucald_unet.federation.strategies import method_names
 from mucald_unet.training.checkpoint import FINAL, load_checkpoint, save_checkpoint
 from mucald_unet.training.trainer import FederatedTrainer
@@ -72,8 +73,10 @@ def server_and_strategy_state(folder: Path) -> dict[str, torch.Tensor]:
 @pytest.mark.parametrize("method", ["scaffold", "ditto", "mocha", "fedem"])
 def test_a_resumed_run_keeps_the_strategy_state_and_equals_an_uninterrupted_one(tiny_federation: Path,
                                                                                 tmp_path: Path, method: str) -> None:
-    config = quick_config(method, rounds=2, iterations=2)
-    clients = CLIENTS[:2]  # two clients already share, average and couple everything a strategy keeps
+    # two clients (and FedEM two components) already share, average and couple everything a strategy keeps
+    options = StrategyOptions(fedem_components=2) if method == "fedem" else StrategyOptions()
+    config = quick_config(method, rounds=2, iterations=2, strategy=options)
+    clients = CLIENTS[:2]
     FederatedTrainer(tiny_federation, clients, config, tmp_path / "straight").run()
     killed = FederatedTrainer(tiny_federation, clients, config, tmp_path / "resumed", reporter=CrashAfterRound(0))
     with pytest.raises(KeyboardInterrupt):
