@@ -19,6 +19,8 @@ from pathlib import Path
 
 from mucald_unet.deployment.site_kits import Kit
 from mucald_unet.errors import TrainingError
+from planners.errors import PlanError
+from planners.locate import dataset_number
 from preprocessing.atomic import write_text_atomic
 
 SITE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -108,17 +110,31 @@ def provision(request: ProvisionRequest, out: Path, overwrite: bool = False) -> 
 
 
 def kits_guide(request: ProvisionRequest, kits: Kits) -> str:
+    ids = " ".join(_dataset_reference(site) for site in kits.sites)
     lines = [f"# Startup kits of {request.project}", "",
              f"Issued by one provisioning: every kit trusts the same root CA (`startup/rootCA.pem`), and each "
              f"holds its own certificate and key, so connections are mutual TLS. Copy each folder, whole and "
              f"only, to its machine; the `.key` files are secrets.", "",
              "| kit | copy to | start with |", "|---|---|---|",
              f"| `{kits.server}` | the server, reachable as `{request.server_host}` on ports {request.fed_port} "
-             f"(sites) and {request.admin_port} (admin) | `startup/start.sh` |"]
-    lines += [f"| `{path}` | hospital `{site}` | `startup/start.sh` |" for site, path in kits.sites.items()]
-    lines += [f"| `{kits.admin}` | the project admin ({request.admin}), who submits jobs | "
-              "`startup/fl_admin.sh` |", ""]
+             f"(sites) and {request.admin_port} (admin) | `mucald_server plan -d {ids} --kit KIT --admin-kit ADMIN_KIT "
+             f"--preprocessed DIR`, then `mucald_server -d {ids} --kit KIT --admin-kit ADMIN_KIT --preprocessed DIR "
+             "--results DIR` |"]
+    lines += [f"| `{path}` | hospital `{site}` | `mucald_client --kit KIT --raw DIR --preprocessed DIR --results DIR` |"
+              for site, path in kits.sites.items()]
+    lines += [f"| `{kits.admin}` | the project admin ({request.admin}), who submits jobs: beside the server's "
+              "kit, for `mucald_server --admin-kit` | - |", "",
+              "FLARE's own `startup/start.sh` starts a participant without mucald's settings; use the commands "
+              "above (docs/deployment.md).", ""]
     return "\n".join(lines)
+
+
+def _dataset_reference(site: str) -> str:
+    """What ``-d`` takes for a site: its dataset id (``Dataset002_B`` -> 2), else its whole name."""
+    try:
+        return str(dataset_number(site))
+    except PlanError:
+        return site
 
 
 def _yaml(data) -> str:

@@ -56,6 +56,7 @@ def test_kits_share_one_root_ca_and_another_provisionings_do_not(tmp_path: Path)
         assert client["client"]["connection_security"] == "mtls" and client["servers"][0]["identity"] == "server.example.org"
     guide = (tmp_path / "a" / "KITS.md").read_text()
     assert all(site in guide for site in SITES) and "admin@hospital.org" in guide and "9102" in guide
+    assert "mucald_server plan -d " in guide and "mucald_client --kit KIT --raw DIR" in guide  # mucald's commands
     assert Kit(kits / "server.example.org").project_sites == tuple(SITES)  # for mucald_server plan -d IDS
 
 
