@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import shlex
 import json
 import math
 import os
@@ -306,7 +307,8 @@ def run_ours(dataset: ParityDataset, budget: int, args: argparse.Namespace, code
     """Plan (once per data + code), train ``budget`` iterations, predict imagesTs, evaluate."""
     base = dataset.work / "ours" / f"{dataset.data_key}-{code[:12]}"
     commands: list[str] = []
-    pre, logs = base / "preprocessed", base / "logs" / f"b{budget}"
+    run_key = f"b{budget}{args.variant}"  # the plan is shared by every --train-flags variant
+    pre, logs = base / "preprocessed", base / "logs" / run_key
     env = thread_env(args.threads)
     if not (base / "plan.done").is_file():
         fresh(pre)
@@ -314,24 +316,24 @@ def run_ours(dataset: ParityDataset, budget: int, args: argparse.Namespace, code
                                   "2d", "--target", "cpu", "--raw", str(dataset.raw_root), "--preprocessed", str(pre),
                                   "-np", str(args.workers)], env, base / "logs" / "plan.log", commands)
     rounds, iters = ours_schedule(budget, args.rounds)
-    results = fresh(base / "results" / f"b{budget}")
+    results = fresh(base / "results" / run_key)
     train = measured_step([project_bin("mucald_train"), "-d", dataset.dataset_id, "--method", "local",
                            "--rounds", str(rounds), "--iters", str(iters), "--preprocessed", str(pre),
-                           "--results", str(results), "--device", "cpu", "--fold", "0"],
+                           "--results", str(results), "--device", "cpu", "--fold", "0", *args.train_flags],
                           env, logs / "train.log", commands)
     run_folder = next(results.glob("*/*/fold_0/config.json")).parent
     records = [json.loads(line) for line in (run_folder / "log.jsonl").read_text().splitlines() if line.strip()]
     train_seconds = sum({r["round"]: r["train_seconds"] for r in records if r.get("event") == "round"}.values())
-    pred = fresh(base / "pred" / f"b{budget}")
+    pred = fresh(base / "pred" / run_key)
     run_step([project_bin("mucald_predict"), "-d", dataset.dataset_id, "-i",
               str(dataset.raw_root / dataset.folder / "imagesTs"), "-o", str(pred), "--preprocessed", str(pre),
               "--results", str(results), "--run", run_folder.parent.name, "--checkpoint", "final",
               "--device", "cpu", "-np", str(args.workers)], env, logs / "predict.log", commands)
-    scores = evaluate(dataset, pred, base / "eval" / f"b{budget}", commands, logs)
+    scores = evaluate(dataset, pred, base / "eval" / run_key, commands, logs)
     return {"tool": "ours", "budget": budget, **scores, "s_per_iter": train_seconds / budget,
             "s_per_iter_loop": train_seconds / budget, **train, "schedule": f"{rounds} rounds x {iters}",
             "plan": ours_plan_summary(next(pre.glob("Federation_*/plans.json")), dataset.folder),
-            "code": code[:12], "commands": commands}
+            "code": code[:12], "train_flags": args.train_flags, "commands": commands}
 
 
 # ---------------------------------------------------------------------------------------- nnU-Net
@@ -507,16 +509,18 @@ def run_nnunet(dataset: ParityDataset, budget: int, args: argparse.Namespace) ->
 
 # ------------------------------------------------------------------------------------------ cache
 
-def cache_path(dataset: ParityDataset, tool: str, budget: int, code: str) -> Path:
-    """nnU-Net: dataset + budget + data digest (+ trainer version); ours: also our code digest."""
+def cache_path(dataset: ParityDataset, tool: str, budget: int, code: str, variant: str = "") -> Path:
+    """nnU-Net: dataset + budget + data digest (+ trainer version); ours: also our code digest and
+    the ``--train-flags`` variant."""
     if tool == "ours":
-        return dataset.work / "ours" / f"{dataset.data_key}-{code[:12]}" / f"result-b{budget}.json"
+        return dataset.work / "ours" / f"{dataset.data_key}-{code[:12]}" / f"result-b{budget}{variant}.json"
     return dataset.work / "nnunet" / dataset.data_key / f"result-b{budget}-v{TRAINER_VERSION}.json"
 
 
-def latest_ours(dataset: ParityDataset, budget: int) -> dict | None:
-    """Our newest result of this data and budget under any code digest (shown when ours is skipped)."""
-    found = [r for p in dataset.work.glob(f"ours/{dataset.data_key}-*/result-b{budget}.json") if (r := read_json(p))]
+def latest_ours(dataset: ParityDataset, budget: int, variant: str = "") -> dict | None:
+    """Our newest result of this data, budget and variant under any code digest (shown when ours is skipped)."""
+    found = [r for p in dataset.work.glob(f"ours/{dataset.data_key}-*/result-b{budget}{variant}.json")
+             if (r := read_json(p))]
     return max(found, key=lambda r: r.get("finished", ""), default=None)
 
 
@@ -555,13 +559,13 @@ def get_result(dataset: ParityDataset, tool: str, budget: int, args: argparse.Na
 
     Our code digest is taken now, not at start-up, since other work may change the code meanwhile."""
     code = code_digest() if tool == "ours" else ""
-    path = cache_path(dataset, tool, budget, code)
+    path = cache_path(dataset, tool, budget, code, args.variant)
     skip, retrain = (args.skip_ours, args.retrain_ours) if tool == "ours" else (args.skip_nnunet, args.retrain_nnunet)
     cached = read_json(path)
     if cached and not retrain:
         return {**cached, "cached": True}
     if skip:
-        older = latest_ours(dataset, budget) if tool == "ours" else None
+        older = latest_ours(dataset, budget, args.variant) if tool == "ours" else None
         return {**older, "cached": True, "stale": True} if older else None
     lock = path.with_name(path.stem + ".lock")
     if not take_lock(lock):
@@ -699,6 +703,7 @@ def machine_lines(args: argparse.Namespace, busy: tuple[float, float]) -> list[s
     return [f"- machine: {cpu}, {os.cpu_count()} CPUs, {psutil.virtual_memory().total / 2**30:.0f} GiB; Python "
             f"{platform.python_version()}, torch {torch.__version__}, "
             f"nnunetv2 {nnunet[-1].name.removesuffix('.dist-info').split('-')[1] if nnunet else 'not installed'}",
+            f"- our runs' extra mucald_train flags: {' '.join(args.train_flags) or 'none (the defaults)'}",
             f"- {args.threads} torch threads per training process (OMP_NUM_THREADS), {args.workers} worker processes "
             f"for planning/prediction, nnU-Net nnUNet_n_proc_DA={args.da_workers}; device cpu for both",
             f"- CPUs busy with other work: {busy[0]:.1f} at the start, {busy[1]:.1f} at the end (shared machine: "
@@ -749,9 +754,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--test-fraction", type=float, default=0.2, help="Share of training cases moved to test.")
     parser.add_argument("--min-train", type=int, default=8, help="Never leave fewer training cases than this.")
     parser.add_argument("--split-seed", type=int, default=0, help="Seed of the moved test cases.")
+    parser.add_argument("--train-flags", default="", help="Extra mucald_train flags of our runs, one string "
+                        "(--train-flags='--deep-supervision 2'): a recipe variant, cached apart from the defaults.")
     for flag in ("--skip-nnunet", "--skip-ours", "--retrain-ours", "--retrain-nnunet"):
         parser.add_argument(flag, action="store_true")
     args = parser.parse_args(argv)
+    args.train_flags = shlex.split(args.train_flags)
+    args.variant = ("-" + hashlib.sha256(" ".join(args.train_flags).encode()).hexdigest()[:8]
+                    if args.train_flags else "")
     if args.raw and not args.dataset_ids:
         parser.error("--raw needs -d ID")
     args.work, args.nnunet_venv = args.work.resolve(), args.nnunet_venv.resolve()

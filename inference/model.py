@@ -20,7 +20,7 @@ from inference.errors import PredictionError
 from mucald_unet.config import TrainingConfig
 from mucald_unet.errors import TrainingError
 from mucald_unet.federation.client_network import ClientNetwork
-from mucald_unet.networks.segments import build_middle, split1_channels
+from mucald_unet.networks.segments import build_middle
 from mucald_unet.training.checkpoint import (BEST, FINAL, FORMAT_VERSION, checkpoint_from_dict, load_plain,
                                              plans_digest)
 from mucald_unet.training.trainer import federation_results, run_folder, trained_runs
@@ -133,7 +133,7 @@ def load_client_model(plans_path: Path, client: str, checkpoint_path: Path,
     weights = read_client_weights(checkpoint_path, plan.dataset_name, plans, plans_path, device)
     config = replace(TrainingConfig.from_dict(weights.config), device=device)
     network = ClientNetwork(plans.federation, plan, config)
-    segment = build_middle(plans.federation, config.mixture_size, split1_channels(plans.federation, config.defence))
+    segment = build_middle(plans.federation, config)
     try:
         network.load_parts(weights.modules)
         segment.load_state_dict(weights.server_segment)

@@ -299,6 +299,9 @@ class TrainingConfig:
     aggregation: str = "equal"
     fedprox_mu: float = 1e-3
     local_norms: bool = False  # FedBN-style: the server segment's norm affine parameters stay per client
+    # nnU-Net's deep supervision through the split: the body's N coarser decoder maps cross back too,
+    # the client scores them against its downsampled labels (weights 1/2, 1/4, ... of the full loss)
+    deep_supervision: int = 0
     losses: LossWeights = field(default_factory=LossWeights)
     schedule: AuxiliarySchedule = field(default_factory=AuxiliarySchedule)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
@@ -323,6 +326,12 @@ class TrainingConfig:
         if self.local_norms and conflict:
             raise TrainingError(f"--method {self.method} {conflict}: --local-norms has no meaning there. "
                                 "Fix: drop --local-norms.")
+        if self.deep_supervision < 0:
+            raise TrainingError(f"deep_supervision must be >= 0 coarser scales (got {self.deep_supervision}). "
+                                "Fix: --deep-supervision 0 (off), 1 or 2.")
+        if self.deep_supervision and self.method_spec.mixture:
+            raise TrainingError(f"--method {self.method} mixes several server bodies, whose coarser maps no single "
+                                "client head can score. Fix: drop --deep-supervision for this method.")
         self._check_method_options()
 
     def _check_method_options(self) -> None:
@@ -443,7 +452,7 @@ class TrainingConfig:
 
 _NOT_IN_NAME = frozenset({"method", "ablations", "defence.kind", "defence.strength", "defence.also", "device",
                           "fold"})
-_SHORT_NAMES = {"aggregation": "agg", "fedprox_mu": "mu", "local_norms": "local-norms", "crdm.eval_timestep": "eval-t",
+_SHORT_NAMES = {"aggregation": "agg", "deep_supervision": "ds", "fedprox_mu": "mu", "local_norms": "local-norms", "crdm.eval_timestep": "eval-t",
                 "crdm.share_exogenous": "shared-exogenous", "crdm.train_at_eval_noise": "train-at-eval-noise",
                 "optimizer.lr": "lr", "optimizer.aux_lr": "aux-lr",
                 "optimizer.kind": "opt", "optimizer.schedule": "lr-schedule", "local_epochs": "epochs",

@@ -102,6 +102,10 @@ def train(
         "1e-2 for sgd, 1e-3 for adamw.")] = None,
     lr_schedule: Annotated[LrSchedule, typer.Option(
         "--lr-schedule", help="constant, or poly: lr x (1 - progress)^0.9 over the whole run (nnU-Net's).")] = OptimizerConfig.schedule,
+    deep_supervision: Annotated[int, typer.Option(
+        "--deep-supervision", min=0, help="nnU-Net's deep supervision through the split: the server's N coarser "
+        "decoder maps (1/2, 1/4, ... resolution) cross back too and the client scores them against its "
+        "downsampled labels (0: off; a shallow body gives fewer).")] = TrainingConfig.deep_supervision,
     fedprox_mu: Annotated[float, typer.Option("--fedprox-mu", min=0.0, help="FedProx weight on SS.")] = 1e-3,
     local_norms: Annotated[bool, typer.Option(
         "--local-norms", help="Keep the server segment's normalisation parameters per client (FedBN).")] = False,
@@ -163,7 +167,7 @@ def train(
                             local_epochs=local_epochs, iterations_per_epoch=iters, fold=fold, seed=seed,
                             max_train_cases=max_train_cases, device=chosen_device,
                             aggregation=aggregation.value, fedprox_mu=fedprox_mu,
-                            local_norms=local_norms,
+                            local_norms=local_norms, deep_supervision=deep_supervision,
                             strategy=StrategyOptions(ditto_lambda=ditto_lambda, fedper_stages=fedper_stages,
                                                      fedrep_head_fraction=fedrep_head_fraction,
                                                      mocha_lambda=mocha_lambda,
@@ -256,6 +260,7 @@ def _train_deployed(plans_path, names: list[str], config: TrainingConfig, run_fo
 # the flag (its parameter name) that sets each setting a preset may name
 _FLAG_OF_SETTING = {"rounds": "rounds", "local_epochs": "local_epochs", "iterations_per_epoch": "iters",
                     "fedprox_mu": "fedprox_mu", "aggregation": "aggregation", "local_norms": "local_norms",
+                    "deep_supervision": "deep_supervision",
                     "optimizer.kind": "optimizer", "optimizer.lr": "lr", "optimizer.schedule": "lr_schedule",
                     "crdm.eval_timestep": "eval_timestep", "defence": "defence"}
 

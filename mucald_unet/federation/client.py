@@ -22,14 +22,14 @@ from mucald_unet.config import TrainingConfig
 from mucald_unet.errors import DivergenceError
 from mucald_unet.defences.nopeek import nopeek_loss
 from mucald_unet.federation.client_network import ClientNetwork
-from mucald_unet.federation.messages import VALIDATION_STEP, Kind, Message
+from mucald_unet.federation.messages import VALIDATION_STEP, Kind, Message, coarse_name
 from mucald_unet.federation.transport import Transport
 from mucald_unet.networks.mixture import split_components
 from mucald_unet.training.augmentation import build_augmentation
 from mucald_unet.training.batch_stream import RoundBatch
 from mucald_unet.training.data import PatchSampler, TrainingCase
 from mucald_unet.training.optimization import apply_schedule, build_optimizer
-from mucald_unet.training.losses import segmentation_loss, weighted_sum
+from mucald_unet.training.losses import coarse_scales_loss, segmentation_loss, weighted_sum
 from mucald_unet.training.proxy_targets import ProxyTargets
 from mucald_unet.training.validation import dice_per_class, predict_case_logits
 from planners.plans import ClientPlan, FederationPlan
@@ -86,7 +86,7 @@ class SplitClient:
     def _build_optimizer(self) -> torch.optim.Optimizer:
         """Networks and denoisers at lr; exogenous encoders, SCMs and priors at aux_lr."""
         main = list(self.front_end.parameters()) + list(self.back_end.parameters())
-        for optional in (self.network.inverter, self.network.bottleneck):
+        for optional in (self.network.inverter, self.network.bottleneck, self.network.coarse_heads):
             main += list(optional.parameters()) if optional is not None else []
         aux: list[nn.Parameter] = []
         for split in self.splits.values():
@@ -131,6 +131,7 @@ class SplitClient:
         reply = self.transport.request(Message(self.name, Kind.FEATURES, "split1", round_index, step,
                                                {"features": head.features}))
         received = reply.tensors["features"].requires_grad_(True)
+        coarse = [reply.tensors[coarse_name(k)].requires_grad_(True) for k in range(len(self.network.coarse_heads))]
         skips = [skip.detach().requires_grad_(True) for skip in head.skips]  # BE's gradients wait for FE's
         tail = self.network.through_split("crdm2", received, proxies, mask)
         logits = self.network.decode(tail.features, skips)
@@ -142,11 +143,14 @@ class SplitClient:
         if self.network.inverter is not None:  # the simulated attacker's error; FE's gradient is reversed
             head_terms["inversion"] = self.network.inverter.loss(head.features, images)
         tail_terms = {"seg": seg, **{f"{k}2": v for k, v in tail.losses.items()}}
+        if coarse:
+            coarse_logits = [head(maps) for head, maps in zip(self.network.coarse_heads, coarse)]
+            tail_terms["deep_supervision"] = coarse_scales_loss(self.seg_loss, coarse_logits, labels)
         weights = self._term_weights(factor)
         values = self._checked_values({**head_terms, **tail_terms}, round_index)
         weighted_sum(tail_terms, weights).backward()
-        reply = self.transport.request(Message(self.name, Kind.GRADIENT, "split2", round_index, step,
-                                               {"gradient": received.grad}))
+        gradients = {"gradient": received.grad, **{coarse_name(k): c.grad for k, c in enumerate(coarse)}}
+        reply = self.transport.request(Message(self.name, Kind.GRADIENT, "split2", round_index, step, gradients))
         roots = [head.features, *head.skips]
         grads = [reply.tensors["gradient"], *(skip.grad for skip in skips)]
         if head_terms:
@@ -183,7 +187,7 @@ class SplitClient:
 
     def _term_weights(self, factor: float) -> dict[str, float]:
         w = self.config.losses
-        weights = {"seg": self.seg_weight, "nopeek": self.config.defence.nopeek_weight, "inversion": 1.0}
+        weights = {"seg": self.seg_weight, "deep_supervision": self.seg_weight, "nopeek": self.config.defence.nopeek_weight, "inversion": 1.0}
         for s in ("1", "2"):
             weights.update({f"proxy{s}": factor * w.proxy * self.proxy_scale, f"diffusion{s}": factor * w.diffusion,
                             f"kl_u{s}": factor * w.kl_u, f"kl_z{s}": factor * w.kl_z})

@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
+from monai.networks.blocks.dynunet_block import UnetOutBlock
 from torch import Tensor, nn
 
 from mucald_unet.config import Ablation, TrainingConfig
@@ -24,7 +25,8 @@ from mucald_unet.defences.gaussian import BoundaryNoise
 from mucald_unet.defences.inversion_adversary import SimulatedInverter
 from mucald_unet.defences.quantisation import BoundaryQuantiser
 from mucald_unet.networks.mixture import MixtureWeights
-from mucald_unet.networks.segments import build_back_end, build_front_end, split1_channels
+from mucald_unet.networks.segments import (build_back_end, build_front_end, deep_supervision_scales,
+                                           split1_channels)
 from planners.plans import ClientPlan, FederationPlan
 
 SPLITS = ("crdm1", "crdm2")
@@ -70,11 +72,16 @@ class ClientNetwork(nn.Module):
         self.inverter = (SimulatedInverter(dims, split1_channels(federation, config.defence), plan.in_channels,
                                            federation.crossing_pooling, weight)
                          if weight > 0 else None)
+        # deep supervision: one 1x1 head per coarser map the server returns (labels stay here)
+        scales = deep_supervision_scales(federation, config.deep_supervision)
+        self.coarse_heads = nn.ModuleList(UnetOutBlock(dims, federation.crossing_channels, plan.num_classes)
+                                          for _ in range(scales))
 
     def parts(self) -> dict[str, nn.Module]:
         """The named parts a checkpoint stores one state dict for each."""
         mixture = {"mixture": self.mixture} if self.mixture is not None else {}
-        optional = {name: module for name, module in (("inverter", self.inverter), ("bottleneck", self.bottleneck))
+        optional = {name: module for name, module in (("inverter", self.inverter), ("bottleneck", self.bottleneck),
+                                                      ("coarse_heads", self.coarse_heads or None))
                     if module is not None}
         return {"front_end": self.front_end, "back_end": self.back_end, **dict(self.splits.items()), **mixture,
                 **optional}

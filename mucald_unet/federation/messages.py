@@ -15,6 +15,12 @@ from torch import Tensor
 VALIDATION_STEP = -1  # the step number of messages sent while validating
 
 
+def coarse_name(scale: int) -> str:
+    """The tensor key of deep supervision's ``scale``-th coarser split-2 map (0: half the split-2
+    resolution) in the server's reply, and of its gradient in the client's."""
+    return f"coarse{scale}"
+
+
 class Direction(str, Enum):
     TO_SERVER = "client->server"
     TO_CLIENT = "server->client"

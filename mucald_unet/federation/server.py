@@ -22,9 +22,9 @@ from mucald_unet.daca.discriminator import DomainDiscriminator
 from mucald_unet.daca.gradient_reversal import reverse_gradient
 from mucald_unet.errors import DivergenceError, TrainingError
 from mucald_unet.federation.aggregation import ClientReport, strategy_from_name, weighted_average
-from mucald_unet.federation.messages import VALIDATION_STEP, Kind, Message
+from mucald_unet.federation.messages import VALIDATION_STEP, Kind, Message, coarse_name
 from mucald_unet.federation.strategies import SegmentSlot, StrategyContext
-from mucald_unet.networks.segments import build_middle, split1_channels
+from mucald_unet.networks.segments import build_middle, forward_with_coarse, split1_channels
 from mucald_unet.training.optimization import apply_schedule, module_optimizer
 from planners.plans import FederationPlan
 
@@ -35,6 +35,7 @@ class _Pending:
 
     inputs: Tensor
     outputs: Tensor
+    coarse: list[Tensor]  # deep supervision's coarser maps, sent with the outputs; their gradients come back
     adversarial: list[Tensor]
     slot: SegmentSlot  # the copy that ran the forward pass (Ditto trains two per client)
 
@@ -60,8 +61,7 @@ class SplitServer:
         self.method = config.method_spec
         self.weighting = strategy_from_name(config.aggregation)  # how much each client counts
         self.schedule = self.method.schedule(config)
-        self.global_segment = build_middle(federation, config.mixture_size,
-                                           split1_channels(federation, config.defence)).to(self.device)
+        self.global_segment = build_middle(federation, config).to(self.device)
         if self.method.single_segment:
             self.segments = {c: self.global_segment for c in self.clients}
             shared_optimizer = self._segment_optimizer(self.global_segment)
@@ -170,7 +170,7 @@ class SplitServer:
         slot = self.strategy.segment_to_train(client, message.step, SegmentSlot(segment, self.optimizers[client]))
         slot.module.train()
         inputs = features.requires_grad_(True)
-        outputs = slot.module(inputs)
+        outputs, coarse = forward_with_coarse(slot.module, inputs)
         adversarial = []
         if self.discriminators:
             weight = self._adversarial_weight(client, message.round, message.step)
@@ -181,8 +181,9 @@ class SplitServer:
                 adversarial.append(loss)
                 self._metrics[client].add(f"disc_{split}", loss)
                 self._metrics[client].add(f"disc_acc_{split}", (logits.argmax(1) == domain).float().mean())
-        self._pending[client] = _Pending(inputs, outputs, adversarial, slot)
-        return self._reply(message, Kind.FEATURES, "split2", {"features": outputs.detach()})
+        self._pending[client] = _Pending(inputs, outputs, coarse, adversarial, slot)
+        return self._reply(message, Kind.FEATURES, "split2",
+                           {"features": outputs.detach(), **{coarse_name(k): c.detach() for k, c in enumerate(coarse)}})
 
     def _adversarial_weight(self, client: str, round_index: int, step: int) -> float:
         """lambda_adv x global ramp x client_size / max_size (MUCALD.md)."""
@@ -197,7 +198,14 @@ class SplitServer:
         if pending is None:
             raise TrainingError(f"{client} sent a gradient without a forward pass in step {message.step}")
         segment, optimizer = pending.slot.module, pending.slot.optimizer
+        missing = [coarse_name(k) for k in range(len(pending.coarse)) if coarse_name(k) not in message.tensors]
+        if missing:
+            raise TrainingError(f"gradient/split2 from {client} carries no {missing[0]!r}: the server was built "
+                                "with deep supervision and the client without. Fix: train both with the same "
+                                "--deep-supervision.")
         loss = (pending.outputs * message.tensors["gradient"]).sum() + sum(pending.adversarial)
+        for k, coarse in enumerate(pending.coarse):
+            loss = loss + (coarse * message.tensors[coarse_name(k)]).sum()
         for name, term in self.strategy.extra_terms(client, segment, self.reference).items():
             self._metrics[client].add(name, term)
             loss = loss + term

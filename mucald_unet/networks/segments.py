@@ -4,6 +4,8 @@ FE and BE are MONAI's conv-InstanceNorm-LeakyReLU blocks (nnU-Net's building blo
 MONAI's DynUNet with the planner's kernels and strides. At cut depth K the client also runs the
 body's first K stages: FE pools through their encoder blocks (as DynUNet's own down blocks) and
 BE climbs back through their decoder blocks on FE's skips, so the server sees coarser features.
+With deep supervision the body also returns its decoder's coarser maps (DynUNet's supervision
+heads, at their own resolution), which the client's coarse heads turn into logits.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from monai.networks.blocks.dynunet_block import UnetBasicBlock, UnetOutBlock, Un
 from monai.networks.nets import DynUNet
 from torch import Tensor, nn
 
-from mucald_unet.config import DefenceConfig
+from mucald_unet.config import DefenceConfig, TrainingConfig
 from mucald_unet.networks.mixture import MixtureSegment
 from planners.plans import ClientPlan, FederationPlan
 
@@ -99,11 +101,38 @@ def split1_channels(federation: FederationPlan, defence: DefenceConfig) -> int:
     return defence.bottleneck_channels or federation.crossing_channels
 
 
-def build_server_segment(federation: FederationPlan, in_channels: int | None = None) -> DynUNet:
+class SupervisedBody(DynUNet):
+    """MONAI's DynUNet whose forward is always the full-resolution map, in train and eval mode alike.
+
+    ``forward_with_coarse`` also returns the deep-supervision heads' maps at their own, coarser
+    resolution: DynUNet's own training forward would upsample each to full resolution and stack
+    them, multiplying what crosses back to the client by the number of scales. The state dict is
+    DynUNet's, so a body without supervision loads the checkpoints of a plain DynUNet.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.output_block(self.skip_layers(x))
+
+    def forward_with_coarse(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
+        """The full-resolution map and, with deep supervision, the coarser maps (1/2, 1/4, ... of it)."""
+        out = self.forward(x)
+        return out, (list(self.heads) if self.deep_supervision else [])
+
+
+def deep_supervision_scales(federation: FederationPlan, requested: int) -> int:
+    """How many coarser outputs the body can give: at most one per decoder stage below its top
+    one and the bottleneck's (DynUNet's limit), so a shallow body gets fewer than asked for."""
+    return max(0, min(requested, len(federation.server_body().strides) - 2))
+
+
+def build_server_segment(federation: FederationPlan, in_channels: int | None = None,
+                         deep_supervision: int = 0) -> SupervisedBody:
     """The shared U-Net body below the cut, reading ``in_channels`` (default: the cut's width) and
-    returning the cut's width; InstanceNorm so averaging it across clients averages no statistics."""
+    returning the cut's width; InstanceNorm so averaging it across clients averages no statistics.
+    ``deep_supervision`` coarser outputs are asked for (``deep_supervision_scales`` of them are built)."""
     topology = federation.server_body()
-    return DynUNet(
+    scales = deep_supervision_scales(federation, deep_supervision)
+    return SupervisedBody(
         spatial_dims=topology.spatial_dims,
         in_channels=in_channels or federation.crossing_channels,
         out_channels=federation.crossing_channels,
@@ -113,12 +142,22 @@ def build_server_segment(federation: FederationPlan, in_channels: int | None = N
         filters=list(topology.filters),
         norm_name=NORM,
         act_name=ACTIVATION,
+        deep_supervision=scales > 0,
+        deep_supr_num=max(1, scales),
     )
 
 
-def build_middle(federation: FederationPlan, mixture_size: int = 1, in_channels: int | None = None) -> nn.Module:
-    """The server's segment of one client: the U-Net body, or (FedEM) a mixture of
-    ``mixture_size`` bodies, each initialised from its own draw of the random state."""
-    if mixture_size == 1:
-        return build_server_segment(federation, in_channels)
-    return MixtureSegment([build_server_segment(federation, in_channels) for _ in range(mixture_size)])
+def build_middle(federation: FederationPlan, config: TrainingConfig) -> nn.Module:
+    """The server's segment of one client, as the run's settings shape it: the U-Net body reading
+    what crosses split 1, or (FedEM) a mixture of M bodies, each from its own draw of the random state."""
+    in_channels = split1_channels(federation, config.defence)
+    if config.mixture_size == 1:
+        return build_server_segment(federation, in_channels, config.deep_supervision)
+    return MixtureSegment([build_server_segment(federation, in_channels) for _ in range(config.mixture_size)])
+
+
+def forward_with_coarse(segment: nn.Module, features: Tensor) -> tuple[Tensor, list[Tensor]]:
+    """A server segment's split-2 map and its deep-supervision maps (none without supervision)."""
+    if isinstance(segment, SupervisedBody):
+        return segment.forward_with_coarse(features)
+    return segment(features), []
