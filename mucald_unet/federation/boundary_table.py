@@ -41,11 +41,15 @@ MESSAGES: tuple[Crossing, ...] = (
     Crossing(Kind.FEATURES, "split1", UP, f"features {FEATURE_SHAPE}; --defence bottleneck:C: C channels", "",
              "every training step; every validation window (step -1)",
              "no: a function of the image (FE, CRDM1, the split-1 defence)"),
-    Crossing(Kind.FEATURES, "split2", DOWN, f"features {FEATURE_SHAPE}; fedem: M x B maps, one per component",
-             "", "reply to features/split1", "no: the server segment applied to split-1 features"),
-    Crossing(Kind.GRADIENT, "split2", UP, f"gradient {FEATURE_SHAPE}; fedem: M x B", "", "every training step",
+    Crossing(Kind.FEATURES, "split2", DOWN, f"features {FEATURE_SHAPE}; fedem: M x B maps, one per component; "
+             "--deep-supervision N, training steps: also coarse0..coarseN-1, the body's coarser maps at 1/2, 1/4, "
+             "... of the split-2 resolution", "", "reply to features/split1",
+             "no: the server segment applied to split-1 features"),
+    Crossing(Kind.GRADIENT, "split2", UP, f"gradient {FEATURE_SHAPE}; fedem: M x B; --deep-supervision N: also "
+             "coarse0..coarseN-1, the gradients of the coarser maps", "", "every training step",
              "yes: d(segmentation loss + CRDM2's proxy loss)/d(split-2 features), computed from the "
-             "labels and proxies (what split learning must send)"),
+             "labels and proxies (what split learning must send); with deep supervision the coarse "
+             "gradients are d(coarse-scale segmentation losses)/d(coarse maps), from the downsampled labels"),
     Crossing(Kind.GRADIENT, "split1", DOWN, f"gradient {FEATURE_SHAPE}; --defence bottleneck:C: C channels", "", "reply to gradient/split2",
              "yes: the client's split-2 gradient carried back through the server segment"),
     Crossing(Kind.WEIGHTS, "shared", UP, "crdm1/crdm2 exogenous encoder and denoiser state", "",
