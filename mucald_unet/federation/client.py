@@ -162,7 +162,8 @@ class SplitClient:
             torch.nn.utils.clip_grad_norm_(params, self.config.optimizer.grad_clip, foreach=True)
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        self._round_terms.append(({**head_terms, **tail_terms}.keys(), values))
+        self._round_terms.append((tuple({**head_terms, **tail_terms}), values))  # names only: a view of the
+        # dict would keep every step's loss tensors, and through them its graph, alive until the round ends
         return float(values[len(head_terms)])  # seg; already on the host side of the one sync
 
     def _mixture_loss(self, stacked_logits: Tensor, labels: Tensor) -> Tensor:
