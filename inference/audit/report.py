@@ -57,7 +57,7 @@ def _strongest(entry: dict) -> dict | None:
 def markdown(numbers: dict, header: list[str]) -> str:
     lines = ["# Privacy audit", "", *header, ""]
     columns = ["run", "Dice", "dCor^2", "SSIM prior", "SSIM inverse", "SSIM adaptive", "SSIM averaged",
-               "SSIM white-box", "strongest SSIM [95% CI]", "re-id (strongest)", "MIA AUC loss",
+               "SSIM white-box", "strongest SSIM [95% CI]", "re-id (strongest)", "re-id in gallery (strongest)", "MIA AUC loss",
                "MIA AUC LiRA [95% CI] (members vs held-out+test non-members)",
                "LiRA TPR@1%FPR", "label acc prior", "label acc gradients (better of norm, direction)",
                "label acc completion [95% CI]",
@@ -71,7 +71,9 @@ def markdown(numbers: dict, header: list[str]) -> str:
     lines += ["SSIM/PSNR/MSE are computed in a fixed intensity window per client (auxiliary 0.5-99.5 "
               "percentiles -> 0..1); 'prior' is an attacker that outputs the auxiliary mean image; "
               "re-id is top-1 re-identification of the strongest attack's reconstructions among the attacked "
-              "cases (chance = 1 / cases). MIA balanced accuracy is at the best threshold. Labels: voxel "
+              "cases (chance = 1 / cases); re-id in gallery is the same among the attacked cases and the "
+              "attacker's auxiliary patches of other patients (chance = 1 / gallery size, in audit.json). "
+              "MIA balanced accuracy is at the best threshold. Labels: voxel "
               "accuracy of the server's label inference at the resolution of what crosses, from the split-2 "
               "gradients (k-means) and by model completion on labelled auxiliary patches, against guessing "
               "the most common class everywhere. Every number with its interval is in audit.json."]
@@ -97,10 +99,11 @@ def _dcor(entry: dict) -> str:
 def _strongest_cells(entry: dict) -> list[str]:
     best = entry.get("strongest")
     if not best:
-        return ["-", "-"]
+        return ["-", "-", "-"]
     ssim = best["ssim"]
+    gallery = best.get("reid_gallery")  # absent from results stored before the gallery was scored
     return [f"{ssim['mean']:.3f} [{ssim['ci95'][0]:.3f}, {ssim['ci95'][1]:.3f}] ({best['attack']})",
-            _num(best["reid"]["mean"], 2)]
+            _num(best["reid"]["mean"], 2), _num(gallery["mean"], 2) if gallery else "-"]
 
 
 def _mia(entry: dict) -> list[str]:

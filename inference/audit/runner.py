@@ -119,10 +119,10 @@ def audit_client(target: AuditTarget, config: AuditConfig, store: AuditStore,
 # ---- the attacks ----------------------------------------------------------------------------
 def _reconstruction_result(reconstructions: dict[str, torch.Tensor], data: ClientAuditData,
                            seed: int) -> tuple[dict, dict[str, np.ndarray]]:
-    originals = data.window.to_unit(data.private)
-    scored = {name: summarise(data.window.to_unit(images.numpy()), originals, seed)
+    originals, gallery = data.window.to_unit(data.private), data.window.to_unit(data.auxiliary)
+    scored = {name: summarise(data.window.to_unit(images.numpy()), originals, seed, gallery)
               for name, images in reconstructions.items()}
-    result = {"private_cases": data.private_ids,
+    result = {"private_cases": data.private_ids, "gallery_size": len(originals) + len(gallery),
               "scores": {name: {metric: est.to_dict() for metric, est in metrics.items()}
                          for name, metrics in scored.items()}}
     images = {"original": originals, **{name: data.window.to_unit(r.numpy()) for name, r in reconstructions.items()}}

@@ -184,6 +184,13 @@ def test_metrics_reidentification_and_bootstrap() -> None:
     assert np.allclose(perfect["ssim"], 1.0) and np.allclose(perfect["mse"], 0.0)
     assert reidentified(originals + 0.01, originals).all()
     assert not reidentified(np.roll(originals, 1, axis=0), originals).any()
+    # a gallery of other patients: a reconstruction nearer to one of them is a miss
+    blurred = originals * 0.5 + 0.25
+    gallery = np.concatenate([rng.random((20, 1, 24, 24)).astype(np.float32), blurred[:2] + 0.001])
+    assert reidentified(blurred, originals).all()
+    assert reidentified(blurred, originals, gallery).tolist() == [False, False, True, True, True]
+    scores = summarise(blurred, originals, gallery=gallery)
+    assert scores["reid"].mean == 1.0 and scores["reid_gallery"].mean == pytest.approx(0.6)
     estimate = bootstrap(np.array([0.0, 1.0] * 50))
     assert estimate.mean == 0.5 and estimate.low < 0.5 < estimate.high
 
