@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import torch
+
 from mucald_unet.config import AuxiliarySchedule, Method, TrainingConfig, parse_ablations
 from mucald_unet.training.augmentation import AugmentationConfig
 from mucald_unet.training.trainer import SilentTrainingReporter
@@ -14,6 +18,19 @@ def quick_config(method: str = "mucald", ablations: str = "", rounds: int = 1, i
                           iterations_per_epoch=iterations, seed=seed,
                           schedule=AuxiliarySchedule(warmup_fraction=0.0, ramp_fraction=0.0),
                           augmentation=changes.pop("augmentation", AugmentationConfig()), **changes)
+
+
+def assert_every_client_predicts(plans_path: Path, checkpoint: Path) -> None:
+    """Each planned client's model loads from ``checkpoint`` and gives finite logits of its classes
+    for a patch of its shape."""
+    from inference.model import load_client_model
+    from planners.plans import load_plans
+
+    for name, plan in load_plans(plans_path).clients.items():
+        model = load_client_model(plans_path, name, checkpoint)
+        with torch.no_grad():
+            logits = model(torch.randn(1, plan.in_channels, *plan.patch_size))
+        assert logits.shape == (1, plan.num_classes, *plan.patch_size) and torch.isfinite(logits).all()
 
 
 class CrashAfterRound(SilentTrainingReporter):

@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 import torch
 
-from inference.model import load_client_model
 from mucald_unet.config import DefenceConfig, Method, TrainingConfig
 from mucald_unet.federation.client_network import ClientNetwork, latent_downsample
 from mucald_unet.networks.segments import build_back_end, build_front_end, build_server_segment
@@ -25,7 +24,7 @@ from planners.pipeline import PipelineConfig, plan_and_preprocess
 from planners.planner import PlannerConfig
 from planners.plans import CausalNodesPlan, DiffusionPlan, FederationPlan, NetworkTopologyPlan, load_plans
 from tests.conftest import CLIENTS
-from tests.mucald_unet.conftest import quick_config
+from tests.mucald_unet.conftest import assert_every_client_predicts, quick_config
 
 
 @pytest.fixture(scope="module")
@@ -115,13 +114,7 @@ def test_every_code_path_trains_and_predicts_at_depth_one(cut_federation: Path, 
     run = FederatedTrainer(cut_federation, CLIENTS, config, tmp_path)
     summary = run.run()
     assert summary.rounds_done == 1 and all(np.isfinite(list(summary.final_dice.values())))
-    plans = load_plans(cut_federation)
-    for name in CLIENTS:
-        plan = plans.clients[name]
-        model = load_client_model(cut_federation, name, tmp_path / FINAL)
-        with torch.no_grad():
-            logits = model(torch.randn(1, plan.in_channels, *plan.patch_size))
-        assert logits.shape == (1, plan.num_classes, *plan.patch_size) and torch.isfinite(logits).all()
+    assert_every_client_predicts(cut_federation, tmp_path / FINAL)
 
 
 def test_runs_of_a_deeper_cut_never_share_a_folder_with_the_full_resolution_cut(cut_federation: Path,

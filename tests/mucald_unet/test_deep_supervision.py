@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 import torch
 
-from inference.model import load_client_model
 from mucald_unet.config import TrainingConfig
 from mucald_unet.errors import TrainingError
 from mucald_unet.federation.messages import Direction, Kind, Message, coarse_name
@@ -25,7 +24,7 @@ from mucald_unet.training.losses import coarse_scales_loss
 from mucald_unet.training.trainer import FederatedTrainer, run_folder_for
 from planners.plans import CausalNodesPlan, DiffusionPlan, FederationPlan, NetworkTopologyPlan, load_plans
 from tests.conftest import CLIENTS
-from tests.mucald_unet.conftest import quick_config
+from tests.mucald_unet.conftest import assert_every_client_predicts, quick_config
 
 
 def _body(stages: int) -> FederationPlan:
@@ -143,13 +142,7 @@ def test_a_deeply_supervised_run_trains_predicts_and_is_named_so(tiny_federation
     assert summary.rounds_done == 1 and all(np.isfinite(list(summary.final_dice.values())))
     log = [line for line in (tmp_path / "log.jsonl").read_text().splitlines() if "deep_supervision" in line]
     assert len(log) == len(CLIENTS)
-    plans = load_plans(tiny_federation)
-    for name in CLIENTS:
-        plan = plans.clients[name]
-        model = load_client_model(tiny_federation, name, tmp_path / FINAL)
-        with torch.no_grad():
-            logits = model(torch.randn(1, plan.in_channels, *plan.patch_size))
-        assert logits.shape == (1, plan.num_classes, *plan.patch_size) and torch.isfinite(logits).all()
+    assert_every_client_predicts(tiny_federation, tmp_path / FINAL)
     saved = load_plain(tmp_path / FINAL)
     assert TrainingConfig.from_dict(saved["config"]).deep_supervision == 2
     assert run_folder_for(tmp_path, tiny_federation, TrainingConfig(deep_supervision=2)).parent.name == "mucald__ds-2"
