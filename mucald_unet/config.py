@@ -220,7 +220,9 @@ class OptimizerConfig:
     lr: float = 1e-3
     aux_lr: float | None = None
     momentum: float = 0.99  # SGD only
-    schedule: LrSchedule = LrSchedule.CONSTANT
+    # poly by measurement (docs/training_recipe.md): at 250 iterations +0.047 brain / +0.010 polyp mean
+    # test Dice over 4 seeds with less spread, at 2500 it closes the gap to nnU-Net
+    schedule: LrSchedule = LrSchedule.POLY
     poly_exponent: float = 0.9
     weight_decay: float = 3e-5
     discriminator_lr: float = 1e-4

@@ -101,7 +101,8 @@ def train(
         "--lr", min=0.0, help="Learning rate of the networks (encoders and SCMs use half); default: "
         "1e-2 for sgd, 1e-3 for adamw.")] = None,
     lr_schedule: Annotated[LrSchedule, typer.Option(
-        "--lr-schedule", help="constant, or poly: lr x (1 - progress)^0.9 over the whole run (nnU-Net's).")] = OptimizerConfig.schedule,
+        "--lr-schedule", help="poly (nnU-Net's, the default by measurement): lr x (1 - progress)^0.9 over the "
+        "whole run; or constant.")] = OptimizerConfig.schedule,
     deep_supervision: Annotated[int, typer.Option(
         "--deep-supervision", min=0, help="nnU-Net's deep supervision through the split: the server's N coarser "
         "decoder maps (1/2, 1/4, ... resolution) cross back too and the client scores them against its "
