@@ -454,7 +454,8 @@ class TrainingConfig:
 
 _NOT_IN_NAME = frozenset({"method", "ablations", "defence.kind", "defence.strength", "defence.also", "device",
                           "fold"})
-_SHORT_NAMES = {"aggregation": "agg", "deep_supervision": "ds", "fedprox_mu": "mu", "local_norms": "local-norms", "crdm.eval_timestep": "eval-t",
+_SHORT_NAMES = {"aggregation": "agg", "deep_supervision": "ds", "fedprox_mu": "mu", "local_norms": "local-norms",
+                "crdm.eval_timestep": "eval-t",
                 "crdm.share_exogenous": "shared-exogenous", "crdm.train_at_eval_noise": "train-at-eval-noise",
                 "optimizer.lr": "lr", "optimizer.aux_lr": "aux-lr",
                 "optimizer.kind": "opt", "optimizer.schedule": "lr-schedule", "local_epochs": "epochs",

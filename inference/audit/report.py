@@ -57,7 +57,8 @@ def _strongest(entry: dict) -> dict | None:
 def markdown(numbers: dict, header: list[str]) -> str:
     lines = ["# Privacy audit", "", *header, ""]
     columns = ["run", "Dice", "dCor^2", "SSIM prior", "SSIM inverse", "SSIM adaptive", "SSIM averaged",
-               "SSIM white-box", "strongest SSIM [95% CI]", "re-id (strongest)", "re-id in gallery (strongest)", "MIA AUC loss",
+               "SSIM white-box", "strongest SSIM [95% CI]", "re-id (strongest)", "re-id in gallery (strongest)",
+               "MIA AUC loss",
                "MIA AUC LiRA [95% CI] (members vs held-out+test non-members)",
                "LiRA TPR@1%FPR", "label acc prior", "label acc gradients (better of norm, direction)",
                "label acc completion [95% CI]",

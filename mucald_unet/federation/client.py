@@ -188,7 +188,8 @@ class SplitClient:
 
     def _term_weights(self, factor: float) -> dict[str, float]:
         w = self.config.losses
-        weights = {"seg": self.seg_weight, "deep_supervision": self.seg_weight, "nopeek": self.config.defence.nopeek_weight, "inversion": 1.0}
+        weights = {"seg": self.seg_weight, "deep_supervision": self.seg_weight,
+                   "nopeek": self.config.defence.nopeek_weight, "inversion": 1.0}
         for s in ("1", "2"):
             weights.update({f"proxy{s}": factor * w.proxy * self.proxy_scale, f"diffusion{s}": factor * w.diffusion,
                             f"kl_u{s}": factor * w.kl_u, f"kl_z{s}": factor * w.kl_z})
