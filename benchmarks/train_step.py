@@ -99,22 +99,26 @@ def plan_table(plans_path: Path) -> list[str]:
 
 @dataclass(frozen=True)
 class Variant:
-    """A method and the ablations switched off in it; ``label`` is what the tables show."""
+    """A method, the ablations switched off in it and its compute precision; ``label`` is what the
+    tables show."""
 
     method: str
     ablations: str = ""  # comma-separated, as `mucald_train --ablate`
+    precision: str = "fp32"  # as `mucald_train --precision`
 
     @property
     def label(self) -> str:
-        return self.method + (f" --ablate {self.ablations}" if self.ablations else "")
+        return (self.method + (f" --ablate {self.ablations}" if self.ablations else "")
+                + (f" --precision {self.precision}" if self.precision != "fp32" else ""))
 
     @property
     def folder_name(self) -> str:
-        """As the trainer names run folders: ``mucald__no-daca__no-diffusion``."""
-        return "__".join([self.method, *(a for a in self.ablations.split(",") if a)])
+        """As the trainer names run folders: ``mucald__no-daca__no-diffusion__precision-bf16``."""
+        precision = [f"precision-{self.precision}"] if self.precision != "fp32" else []
+        return "__".join([self.method, *(a for a in self.ablations.split(",") if a), *precision])
 
 
-def ablation_variants(text: str | None) -> list[Variant]:
+def ablation_variants(text: str | None, precision: str = "fp32") -> list[Variant]:
     """``"no-daca,no-diffusion"`` -> one mucald variant each; ``+`` joins ablations into one variant
     (``"no-daca+no-crdm"``). Names are checked by the config's own parser."""
     from mucald_unet.config import parse_ablations
@@ -122,8 +126,15 @@ def ablation_variants(text: str | None) -> list[Variant]:
     variants = []
     for part in (p.strip() for p in (text or "").split(",") if p.strip()):
         names = ",".join(sorted(a.value for a in parse_ablations(part.replace("+", ","))))
-        variants.append(Variant("mucald", names))
+        variants.append(Variant("mucald", names, precision))
     return variants
+
+
+def all_variants(ablations: str | None, precisions: Sequence[str]) -> list[Variant]:
+    """splitfed, mucald and each ablation, at every precision asked for (fp32 first: the baseline)."""
+    ordered = sorted(set(precisions), key=lambda p: p != "fp32")
+    return [v for p in ordered for v in (Variant(BASELINE, precision=p), Variant("mucald", precision=p),
+                                         *ablation_variants(ablations, p))]
 
 
 # ------------------------------------------------------------------------------- child: measure
@@ -143,7 +154,7 @@ def measure_iterations(plans_path: Path, client_names: list[str], variant: Varia
     total = warmup + iters
     config = TrainingConfig(method=Method(variant.method), ablations=parse_ablations(variant.ablations),
                             rounds=1, local_epochs=1, iterations_per_epoch=20 * total, seed=seed, fold=0,
-                            device=device)
+                            device=device, precision=variant.precision)
     first_step = config.iterations_per_round // 2
     started = time.perf_counter()
     trainer = FederatedTrainer(plans_path, client_names, config, run_folder)
@@ -194,7 +205,7 @@ def child_main(args: argparse.Namespace) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    variant = Variant(args.child, args.ablate or "")
+    variant = Variant(args.child, args.ablate or "", args.precision)
     result = measure_iterations(args.plans, args.clients, variant, args.run_folder, args.warmup,
                                 args.iters, args.seed, args.device)
     print(json.dumps(result), flush=True)
@@ -208,7 +219,7 @@ def run_child(variant: Variant, plans_path: Path, client_names: list[str], run_f
     cmd = [sys.executable, "-m", "benchmarks.train_step", "--child", variant.method,
            "--plans", str(plans_path), "--run-folder", str(run_folder), "--warmup", str(args.warmup),
            "--iters", str(args.iters), "--threads", str(args.threads), "--seed", str(args.seed),
-           "--device", args.device, "--clients", *client_names]
+           "--device", args.device, "--precision", variant.precision, "--clients", *client_names]
     if variant.ablations:
         cmd += ["--ablate", variant.ablations]
     return run_json_child(cmd, args.threads)
@@ -281,6 +292,11 @@ def goal_lines(results: dict[str, list[dict]]) -> list[str]:
     ours, base = median("mucald", "seconds_per_iter"), median(BASELINE, "seconds_per_iter")
     lines = [goal_line(time_goal, ours / base <= GOAL_TIME_RATIO, f"{ours / base:.2f} = {ours:.3f} s / {base:.3f} s")
              if base > 0 else unmeasured_goal(time_goal, f"{BASELINE} measured 0 s")]
+    bf16_ours, bf16_base = (median(f"{m} --precision bf16", "seconds_per_iter") for m in ("mucald", BASELINE))
+    if bf16_ours and bf16_base and base > 0:
+        lines.append(goal_line(f"{time_goal}, both at --precision bf16", bf16_ours / bf16_base <= GOAL_TIME_RATIO,
+                               f"{bf16_ours / bf16_base:.2f} = {bf16_ours:.3f} s / {bf16_base:.3f} s; bf16 mucald is "
+                               f"{bf16_ours / base:.2f}x fp32 splitfed and {ours / bf16_ours:.2f}x faster than fp32 mucald"))
     ours, base = median("mucald", "bytes_per_iter"), median(BASELINE, "bytes_per_iter")
     if base > 0:
         within = abs(ours / base - 1) <= GOAL_BYTES_TOLERANCE
@@ -342,6 +358,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2, help="torch threads per child.")
     parser.add_argument("--seed", type=int, default=0, help="Training seed.")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="Where the children train.")
+    parser.add_argument("--precisions", nargs="+", default=["fp32"], choices=["fp32", "bf16"],
+                        help="Compute precisions to measure every variant at (ratios stay to fp32 splitfed).")
+    parser.add_argument("--precision", default="fp32", help=argparse.SUPPRESS)
     parser.add_argument("--ablations", help="Extra mucald variants, comma-separated (e.g. no-daca,no-diffusion); "
                         "join ablations of one variant with + (no-daca+no-crdm).")
     parser.add_argument("--work", type=Path, help="Work folder for data, plans and run folders "
@@ -365,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         return child_main(args)
     try:
-        variants = [Variant(BASELINE), Variant("mucald"), *ablation_variants(args.ablations)]
+        variants = all_variants(args.ablations, args.precisions)
     except MucaldError as error:  # an unknown ablation name; the message lists the valid ones
         raise SystemExit(f"error: {error}") from None
     temp = args.work is None

@@ -203,6 +203,13 @@ class OptimizerKind(str, Enum):
         return 1e-2 if self is OptimizerKind.SGD else 1e-3
 
 
+class Precision(str, Enum):
+    """What the networks compute in; losses, optimiser state and what crosses stay float32."""
+
+    FP32 = "fp32"
+    BF16 = "bf16"  # autocast: convolutions and matmuls in bfloat16 (CUDA, or CPUs with AVX512-BF16/AMX)
+
+
 class LrSchedule(str, Enum):
     CONSTANT = "constant"
     POLY = "poly"  # nnU-Net's: lr x (1 - progress)^exponent over the whole run
@@ -298,6 +305,7 @@ class TrainingConfig:
     seed: int = 0
     max_train_cases: int | None = None  # scarce-data runs: a fixed random subset of each fold's training cases
     device: str = "cpu"
+    precision: Precision = Precision.FP32
     aggregation: str = "equal"
     fedprox_mu: float = 1e-3
     local_norms: bool = False  # FedBN-style: the server segment's norm affine parameters stay per client
@@ -314,6 +322,10 @@ class TrainingConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "method", Method(self.method))
+        if self.precision not in {p.value for p in Precision}:
+            raise TrainingError(f"unknown precision {self.precision!r}. Fix: --precision "
+                                f"{' or '.join(p.value for p in Precision)}.")
+        object.__setattr__(self, "precision", Precision(self.precision))
         for name in ("rounds", "local_epochs", "iterations_per_epoch"):
             if getattr(self, name) < 1:
                 raise TrainingError(f"{name} must be at least 1 (got {getattr(self, name)}).")
@@ -407,6 +419,7 @@ class TrainingConfig:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["method"] = str(self.method)
+        data["precision"] = self.precision.value
         data["optimizer"].update(kind=self.optimizer.kind.value, schedule=self.optimizer.schedule.value)
         data["ablations"] = sorted(a.value for a in self.ablations)
         data["augmentation"] = self.augmentation.to_dict()

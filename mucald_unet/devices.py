@@ -1,4 +1,5 @@
-"""Which torch device a command runs on: ``auto`` takes CUDA when torch sees one."""
+"""Which torch device a command runs on (``auto`` takes CUDA when torch sees one), and the
+precision its networks compute in there."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from enum import Enum
 
 import torch
 
+from mucald_unet.config import Precision
 from preprocessing.errors import MucaldError
 
 
@@ -22,3 +24,19 @@ def resolve_device(choice: Device) -> str:
     if choice is Device.auto:
         return "cuda" if torch.cuda.is_available() else "cpu"
     return choice.value
+
+
+def compute_context(precision: Precision, device: torch.device | str) -> torch.autocast:
+    """A fresh autocast context for one forward pass: under bf16, convolutions and matmuls run in
+    bfloat16 (parameters, gradients and optimiser state stay float32, so no loss scaling is
+    needed); under fp32 it changes nothing. Fresh per use: one autocast object must not be
+    entered twice at once."""
+    return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16,
+                          enabled=precision is Precision.BF16)
+
+
+def bf16_is_native(device: torch.device | str) -> bool:
+    """Whether bfloat16 arithmetic runs in hardware there; elsewhere torch emulates it, slower than float32."""
+    if torch.device(device).type == "cuda":
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())

@@ -14,7 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from mucald_unet.config import (CrdmConfig, DefenceConfig, LrSchedule, Method, OptimizerConfig, OptimizerKind,
-                                StrategyOptions, TrainingConfig, parse_ablations)
+                                Precision, StrategyOptions, TrainingConfig, parse_ablations)
 from mucald_unet.deployment import KITS_ENGINE, LOOPBACK_ENGINE
 from mucald_unet.errors import TrainingError
 from mucald_unet.federation.strategies import method_names
@@ -23,7 +23,7 @@ from mucald_unet.presets import PRESETS, preset_named
 from mucald_unet.training.trainer import FederatedTrainer, run_folder_for
 from planners.locate import client_names, find_plans
 from planners.plans import load_shared_plan
-from mucald_unet.devices import Device, resolve_device
+from mucald_unet.devices import Device, bf16_is_native, resolve_device
 from preprocessing.cli_support import DATASET_FLAGS, entry_points
 from preprocessing.paths import preprocessed_root, results_root
 
@@ -141,6 +141,10 @@ def train(
     capture_clients: Annotated[Optional[str], typer.Option(
         "--capture-clients", help="Comma-separated dataset ids of the clients to capture (default: all).")] = None,
     device: Annotated[Device, typer.Option("--device", help="auto uses CUDA when available.")] = Device.auto,
+    precision: Annotated[Precision, typer.Option(
+        "--precision", help="bf16: the networks compute in bfloat16 autocast (parameters, losses and what "
+        "crosses stay float32); fast on CUDA and on CPUs with AVX512-BF16 or AMX, emulated (slower) "
+        "elsewhere. Run name gets __precision-bf16.")] = TrainingConfig.precision,
     engine: Annotated[Engine, typer.Option(
         "--engine", help="in-process (the simulation); flare-loopback: the server and every client as separate "
         "NVIDIA FLARE processes over mutual TLS on this machine; flare: separate machines, this one the server "
@@ -166,7 +170,7 @@ def train(
     chosen_device = resolve_device(device)
     config = TrainingConfig(method=method, ablations=parse_ablations(ablate), rounds=rounds,
                             local_epochs=local_epochs, iterations_per_epoch=iters, fold=fold, seed=seed,
-                            max_train_cases=max_train_cases, device=chosen_device,
+                            max_train_cases=max_train_cases, device=chosen_device, precision=precision,
                             aggregation=aggregation.value, fedprox_mu=fedprox_mu,
                             local_norms=local_norms, deep_supervision=deep_supervision,
                             strategy=StrategyOptions(ditto_lambda=ditto_lambda, fedper_stages=fedper_stages,
@@ -184,6 +188,9 @@ def train(
     names = client_names(plans_path, datasets)
     run_folder = run_folder_for(results_root(results), plans_path, config, names)
     console = Console(highlight=False)
+    if config.precision is Precision.BF16 and not bf16_is_native(config.device):
+        console.print(f"[yellow]--precision bf16: this {config.device.upper()} has no native bfloat16 arithmetic; "
+                      "torch emulates it, slower than fp32. Fix: drop --precision bf16 here.[/yellow]")
     if engine is not Engine.in_process or wire_dtype is WireDtype.float16 or kit or admin_kit:
         placement = _deployment(engine, capture_round, kit, admin_kit)
         summary = _train_deployed(plans_path, names, config, run_folder, wire_dtype, placement,

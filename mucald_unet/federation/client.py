@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from mucald_unet.config import TrainingConfig
+from mucald_unet.devices import compute_context
 from mucald_unet.errors import DivergenceError
 from mucald_unet.defences.nopeek import nopeek_loss
 from mucald_unet.federation.client_network import ClientNetwork
@@ -127,31 +128,33 @@ class SplitClient:
         factor = self.config.schedule.factor(progress)
         apply_schedule(self.optimizer, self.config.optimizer, progress)
 
-        head = self.network.head(images, proxies, mask)
+        with self._compute():
+            head = self.network.head(images, proxies, mask)
+            crossing = head.features.float()  # what crosses is float32 at any compute precision
+            head_terms = {f"{k}1": v for k, v in head.losses.items()}
+            if self.config.defence.nopeek_weight > 0:
+                head_terms["nopeek"] = nopeek_loss(images, crossing)
+            if self.network.inverter is not None:  # the simulated attacker's error; FE's gradient is reversed
+                head_terms["inversion"] = self.network.inverter.loss(crossing, images)
         reply = self.transport.request(Message(self.name, Kind.FEATURES, "split1", round_index, step,
-                                               {"features": head.features}))
+                                               {"features": crossing}))
         received = reply.tensors["features"].requires_grad_(True)
         coarse = [reply.tensors[coarse_name(k)].requires_grad_(True) for k in range(len(self.network.coarse_heads))]
         skips = [skip.detach().requires_grad_(True) for skip in head.skips]  # BE's gradients wait for FE's
-        tail = self.network.through_split("crdm2", received, proxies, mask)
-        logits = self.network.decode(tail.features, skips)
+        with self._compute():
+            tail = self.network.through_split("crdm2", received, proxies, mask)
+            logits = self.network.decode(tail.features, skips).float()
+            coarse_logits = [head(maps).float() for head, maps in zip(self.network.coarse_heads, coarse)]
         seg = self.seg_loss(logits, labels) if self.network.mixture is None else self._mixture_loss(logits, labels)
-
-        head_terms = {f"{k}1": v for k, v in head.losses.items()}
-        if self.config.defence.nopeek_weight > 0:
-            head_terms["nopeek"] = nopeek_loss(images, head.features)
-        if self.network.inverter is not None:  # the simulated attacker's error; FE's gradient is reversed
-            head_terms["inversion"] = self.network.inverter.loss(head.features, images)
         tail_terms = {"seg": seg, **{f"{k}2": v for k, v in tail.losses.items()}}
         if coarse:
-            coarse_logits = [head(maps) for head, maps in zip(self.network.coarse_heads, coarse)]
             tail_terms["deep_supervision"] = coarse_scales_loss(self.seg_loss, coarse_logits, labels)
         weights = self._term_weights(factor)
         values = self._checked_values({**head_terms, **tail_terms}, round_index)
         weighted_sum(tail_terms, weights).backward()
         gradients = {"gradient": received.grad, **{coarse_name(k): c.grad for k, c in enumerate(coarse)}}
         reply = self.transport.request(Message(self.name, Kind.GRADIENT, "split2", round_index, step, gradients))
-        roots = [head.features, *head.skips]
+        roots = [crossing, *head.skips]
         grads = [reply.tensors["gradient"], *(skip.grad for skip in skips)]
         if head_terms:
             roots.append(weighted_sum(head_terms, weights))
@@ -220,9 +223,14 @@ class SplitClient:
         """Class logits of one batch of windows, through the server like training (eval mode)."""
         def middle(features: Tensor) -> Tensor:
             reply = self.transport.request(Message(self.name, Kind.FEATURES, "split1", round_index,
-                                                   VALIDATION_STEP, {"features": features}))
+                                                   VALIDATION_STEP, {"features": features.float()}))
             return reply.tensors["features"]
-        return self.network.segment(images, middle, noise_generator)
+        with self._compute():
+            return self.network.segment(images, middle, noise_generator).float()
+
+    def _compute(self) -> torch.autocast:
+        """The context of this client's forward passes at the run's precision (``--precision``)."""
+        return compute_context(self.config.precision, self.device)
 
     def validate(self, round_index: int) -> ClientValidation:
         for module in self.trainable_modules().values():

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from mucald_unet.config import TrainingConfig
+from mucald_unet.devices import compute_context
 from mucald_unet.daca.discriminator import DomainDiscriminator
 from mucald_unet.daca.gradient_reversal import reverse_gradient
 from mucald_unet.errors import DivergenceError, TrainingError
@@ -165,18 +166,21 @@ class SplitServer:
         features = message.tensors["features"]
         if message.step == VALIDATION_STEP:
             segment.eval()
-            with torch.no_grad():
-                return self._reply(message, Kind.FEATURES, "split2", {"features": segment(features)})
+            with torch.no_grad(), self._compute():
+                return self._reply(message, Kind.FEATURES, "split2", {"features": segment(features).float()})
         slot = self.strategy.segment_to_train(client, message.step, SegmentSlot(segment, self.optimizers[client]))
         slot.module.train()
         inputs = features.requires_grad_(True)
-        outputs, coarse = forward_with_coarse(slot.module, inputs)
+        with self._compute():  # what crosses back is float32 at any compute precision
+            outputs, coarse = forward_with_coarse(slot.module, inputs)
+        outputs, coarse = outputs.float(), [c.float() for c in coarse]
         adversarial = []
         if self.discriminators:
             weight = self._adversarial_weight(client, message.round, message.step)
             domain = torch.full((inputs.shape[0],), self.clients.index(client), device=self.device)
             for split, seen in (("split1", inputs), ("split2", outputs)):
-                logits = self.discriminators[split](reverse_gradient(seen, weight))
+                with self._compute():
+                    logits = self.discriminators[split](reverse_gradient(seen, weight)).float()
                 loss = nn.functional.cross_entropy(logits, domain)
                 adversarial.append(loss)
                 self._metrics[client].add(f"disc_{split}", loss)
@@ -184,6 +188,10 @@ class SplitServer:
         self._pending[client] = _Pending(inputs, outputs, coarse, adversarial, slot)
         return self._reply(message, Kind.FEATURES, "split2",
                            {"features": outputs.detach(), **{coarse_name(k): c.detach() for k, c in enumerate(coarse)}})
+
+    def _compute(self) -> torch.autocast:
+        """The context of the server's forward passes at the run's precision (``--precision``)."""
+        return compute_context(self.config.precision, self.device)
 
     def _adversarial_weight(self, client: str, round_index: int, step: int) -> float:
         """lambda_adv x global ramp x client_size / max_size (MUCALD.md)."""

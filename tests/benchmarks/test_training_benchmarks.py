@@ -53,6 +53,18 @@ def test_ablation_variants_split_on_commas_and_join_on_plus() -> None:
     assert Variant("mucald", "no-crdm,no-diffusion").folder_name == "mucald__no-crdm__no-diffusion"
 
 
+def test_precisions_give_every_variant_at_each_with_fp32_first() -> None:
+    labels = [v.label for v in train_step.all_variants("no-daca", ["bf16", "fp32"])]
+    assert labels == ["splitfed", "mucald", "mucald --ablate no-daca", "splitfed --precision bf16",
+                      "mucald --precision bf16", "mucald --ablate no-daca --precision bf16"]
+    assert Variant("mucald", "no-daca", "bf16").folder_name == "mucald__no-daca__precision-bf16"
+    bf16 = {"splitfed": measured(0.40, 1000), "mucald": measured(0.60, 1000),
+            "splitfed --precision bf16": measured(0.20, 1000), "mucald --precision bf16": measured(0.25, 1000)}
+    assert goal_lines(bf16)[1] == ("- goal time mucald / splitfed <= 1.3, both at --precision bf16: met (1.25 = "
+                                   "0.250 s / 0.200 s; bf16 mucald is 0.62x fp32 splitfed and 2.40x faster than "
+                                   "fp32 mucald)")
+
+
 def test_train_step_measures_each_method_and_reports_ratios(work: Path, one_thread) -> None:
     plans_path, clients = prepare_demo(work, "tiny")
     plans = load_plans(plans_path)

@@ -1,0 +1,104 @@
+"""bf16 compute (``--precision bf16``): the networks run under bfloat16 autocast while parameters,
+gradients, losses and everything that crosses the boundary stay float32.
+
+A bf16 split step must give the gradients of the whole network computed in bf16 (the split adds
+only lossless casts), must not change what the server sees on the wire, and a run must train,
+predict and be named so. (Against float32 the gradients of the first layers differ markedly at
+initialisation, as for any bf16 network: whether that costs Dice is the benchmark's question.)
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mucald_unet.config import Precision, TrainingConfig
+from mucald_unet.devices import compute_context
+from mucald_unet.errors import TrainingError
+from mucald_unet.training.batch_stream import RoundBatch
+from mucald_unet.training.checkpoint import FINAL, load_plain
+from mucald_unet.training.trainer import FederatedTrainer, run_folder_for
+from tests.conftest import CLIENTS
+from tests.mucald_unet.conftest import assert_every_client_predicts, quick_config
+
+
+def _step_gradients(run: FederatedTrainer, batch: RoundBatch) -> tuple[dict, dict, list]:
+    """One split step of the first client: its and the server's clipped gradients, and every
+    message's tensors with their dtypes."""
+    client, server = run.clients[0], run.server
+    grads: dict[str, dict] = {"client": {}, "server": {}}
+
+    def captured(module: torch.nn.Module, into: dict):
+        return lambda *args, **kwargs: into.update({k: p.grad.clone() for k, p in module.named_parameters()
+                                                    if p.grad is not None})
+    client.optimizer.step = captured(client.network, grads["client"])
+    server.optimizers[client.name].step = captured(server.segments[client.name], grads["server"])
+    seen = []
+    handle = server.handle
+
+    def recording(message):
+        reply = handle(message)
+        seen.extend((message.kind, name, t.dtype) for name, t in {**message.tensors, **reply.tensors}.items())
+        return reply
+    server.handle = recording
+    client.train_step(0, 0, batch)
+    return grads["client"], grads["server"], seen
+
+
+def test_a_bf16_split_step_gives_the_whole_networks_bf16_gradients_and_crosses_float32(
+        tiny_federation: Path, tmp_path: Path) -> None:
+    run = FederatedTrainer(tiny_federation, CLIENTS[:1], quick_config(method="splitfed", iterations=1,
+                                                                      precision="bf16"), tmp_path)
+    client, segment = run.clients[0], run.server.segments[CLIENTS[0]]
+    whole_client, whole_segment = copy.deepcopy(client.network), copy.deepcopy(segment)
+    drawn = client.sampler.sample_batch()
+    batch = RoundBatch(drawn.images, drawn.labels, drawn.case_ids)
+    split_client, split_server, seen = _step_gradients(run, batch)
+
+    assert seen and {dtype for *_, dtype in seen} == {torch.float32}  # the wire never sees bf16
+    images, labels = torch.from_numpy(batch.images), torch.from_numpy(batch.labels.astype(np.int64))
+    with compute_context(Precision.BF16, "cpu"):
+        head = whole_client.head(images)
+        logits = whole_client.decode(whole_segment(head.features), head.skips)
+        assert logits.dtype == torch.bfloat16  # the reference really computes in bf16
+    (client.seg_weight * client.seg_loss(logits.float(), labels)).backward()
+    clip = client.config.optimizer.grad_clip
+    torch.nn.utils.clip_grad_norm_(whole_client.parameters(), clip)
+    torch.nn.utils.clip_grad_norm_(whole_segment.parameters(), clip)
+    for got, module in ((split_client, whole_client), (split_server, whole_segment)):
+        expected = {k: p.grad for k, p in module.named_parameters() if p.grad is not None}
+        assert set(got) == set(expected)
+        for key, gradient in got.items():
+            assert gradient.dtype == torch.float32
+            torch.testing.assert_close(gradient, expected[key], rtol=1e-3, atol=1e-5, msg=key)
+    assert all(p.dtype == torch.float32 for p in client.network.parameters())
+
+
+def test_bf16_compute_really_runs_the_convolutions_in_bf16() -> None:
+    conv = torch.nn.Conv2d(2, 4, 3)
+    x = torch.randn(1, 2, 8, 8)
+    with compute_context(Precision.BF16, "cpu"):
+        assert conv(x).dtype == torch.bfloat16
+    with compute_context(Precision.FP32, "cpu"):
+        assert conv(x).dtype == torch.float32
+
+
+def test_a_bf16_run_trains_predicts_and_is_named_so(tiny_federation: Path, tmp_path: Path) -> None:
+    config = quick_config(method="mucald", iterations=2, precision="bf16")
+    summary = FederatedTrainer(tiny_federation, CLIENTS, config, tmp_path).run()
+    assert summary.rounds_done == 1 and all(np.isfinite(list(summary.final_dice.values())))
+    assert_every_client_predicts(tiny_federation, tmp_path / FINAL)
+    saved = TrainingConfig.from_dict(load_plain(tmp_path / FINAL)["config"])
+    assert saved.precision is Precision.BF16
+    assert run_folder_for(tmp_path, tiny_federation, TrainingConfig(precision="bf16")).parent.name == \
+        "mucald__precision-bf16"
+    assert run_folder_for(tmp_path, tiny_federation, TrainingConfig()).parent.name == "mucald"
+
+
+def test_an_unknown_precision_is_refused() -> None:
+    with pytest.raises(TrainingError, match="unknown precision 'fp16'. Fix: --precision fp32 or bf16"):
+        TrainingConfig(precision="fp16")
