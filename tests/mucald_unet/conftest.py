@@ -33,6 +33,35 @@ def assert_every_client_predicts(plans_path: Path, checkpoint: Path) -> None:
         assert logits.shape == (1, plan.num_classes, *plan.patch_size) and torch.isfinite(logits).all()
 
 
+def record_step_gradients(run) -> tuple[dict, dict]:
+    """Make the first client's and its server segment's optimiser steps record the clipped
+    gradients (parameter name -> gradient) instead of stepping: what one split step computed."""
+    client = run.clients[0]
+    recorded: tuple[dict, dict] = ({}, {})
+
+    def recorder(module: torch.nn.Module, into: dict):
+        return lambda *args, **kwargs: into.update({k: p.grad.clone() for k, p in module.named_parameters()
+                                                    if p.grad is not None})
+    client.optimizer.step = recorder(client.network, recorded[0])
+    run.server.optimizers[client.name].step = recorder(run.server.segments[client.name], recorded[1])
+    return recorded
+
+
+def assert_whole_network_gradients(loss: torch.Tensor, client, modules: tuple, recorded: tuple[dict, dict],
+                                   rtol: float, atol: float) -> None:
+    """Back-propagate ``loss`` through the whole (unsplit) client network and server segment in
+    ``modules``, clip each as the split step does, and compare with the split step's gradients."""
+    loss.backward()
+    for module in modules:
+        torch.nn.utils.clip_grad_norm_(module.parameters(), client.config.optimizer.grad_clip)
+    for got, module in zip(recorded, modules):
+        expected = {k: p.grad for k, p in module.named_parameters() if p.grad is not None}
+        assert set(got) == set(expected)
+        for key, gradient in got.items():
+            assert gradient.dtype == torch.float32
+            torch.testing.assert_close(gradient, expected[key], rtol=rtol, atol=atol, msg=key)
+
+
 class CrashAfterRound(SilentTrainingReporter):
     """Raises once round ``round_index`` is checkpointed: a process killed between rounds."""
 

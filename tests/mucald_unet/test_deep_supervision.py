@@ -24,7 +24,8 @@ from mucald_unet.training.losses import coarse_scales_loss
 from mucald_unet.training.trainer import FederatedTrainer, run_folder_for
 from planners.plans import CausalNodesPlan, DiffusionPlan, FederationPlan, NetworkTopologyPlan, load_plans
 from tests.conftest import CLIENTS
-from tests.mucald_unet.conftest import assert_every_client_predicts, quick_config
+from tests.mucald_unet.conftest import (assert_every_client_predicts, assert_whole_network_gradients, quick_config,
+                                        record_step_gradients)
 
 
 def _body(stages: int) -> FederationPlan:
@@ -79,12 +80,7 @@ def test_a_split_step_gives_the_gradients_of_the_whole_deeply_supervised_network
     drawn = client.sampler.sample_batch()
     batch = RoundBatch(drawn.images, drawn.labels, drawn.case_ids)
 
-    def captured(module: torch.nn.Module, into: dict) -> callable:
-        return lambda *args, **kwargs: into.update({k: p.grad.clone() for k, p in module.named_parameters()
-                                                    if p.grad is not None})
-    split_client, split_server = {}, {}
-    client.optimizer.step = captured(client.network, split_client)
-    server.optimizers[client.name].step = captured(segment, split_server)
+    split_client, split_server = record_step_gradients(run)
     client.train_step(0, 0, batch)
 
     images, labels = torch.from_numpy(batch.images), torch.from_numpy(batch.labels.astype(np.int64))
@@ -94,15 +90,8 @@ def test_a_split_step_gives_the_gradients_of_the_whole_deeply_supervised_network
     coarse_logits = [h(c) for h, c in zip(whole_client.coarse_heads, coarse)]
     loss = client.seg_weight * (client.seg_loss(logits, labels)
                                 + coarse_scales_loss(client.seg_loss, coarse_logits, labels))
-    loss.backward()
-    clip = client.config.optimizer.grad_clip
-    torch.nn.utils.clip_grad_norm_(whole_client.parameters(), clip)
-    torch.nn.utils.clip_grad_norm_(whole_segment.parameters(), clip)
-    for got, module in ((split_client, whole_client), (split_server, whole_segment)):
-        expected = {k: p.grad for k, p in module.named_parameters() if p.grad is not None}
-        assert set(got) == set(expected)
-        for key, gradient in got.items():
-            torch.testing.assert_close(gradient, expected[key], rtol=1e-4, atol=1e-6, msg=key)
+    assert_whole_network_gradients(loss, client, (whole_client, whole_segment), (split_client, split_server),
+                                   rtol=1e-4, atol=1e-6)
     assert split_client["coarse_heads.1.conv.conv.weight"].abs().sum() > 0
     assert any("supervision" in k and g.abs().sum() > 0 for k, g in split_server.items())
 

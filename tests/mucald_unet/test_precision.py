@@ -23,30 +23,23 @@ from mucald_unet.training.batch_stream import RoundBatch
 from mucald_unet.training.checkpoint import FINAL, load_plain
 from mucald_unet.training.trainer import FederatedTrainer, run_folder_for
 from tests.conftest import CLIENTS
-from tests.mucald_unet.conftest import assert_every_client_predicts, quick_config
+from tests.mucald_unet.conftest import (assert_every_client_predicts, assert_whole_network_gradients, quick_config,
+                                        record_step_gradients)
 
 
-def _step_gradients(run: FederatedTrainer, batch: RoundBatch) -> tuple[dict, dict, list]:
-    """One split step of the first client: its and the server's clipped gradients, and every
-    message's tensors with their dtypes."""
-    client, server = run.clients[0], run.server
-    grads: dict[str, dict] = {"client": {}, "server": {}}
-
-    def captured(module: torch.nn.Module, into: dict):
-        return lambda *args, **kwargs: into.update({k: p.grad.clone() for k, p in module.named_parameters()
-                                                    if p.grad is not None})
-    client.optimizer.step = captured(client.network, grads["client"])
-    server.optimizers[client.name].step = captured(server.segments[client.name], grads["server"])
-    seen = []
-    handle = server.handle
+def _record_step(run: FederatedTrainer, batch: RoundBatch) -> tuple[tuple[dict, dict], list]:
+    """One split step of the first client: its and the server's clipped gradients, and the dtype of
+    every tensor of every message."""
+    recorded = record_step_gradients(run)
+    seen, handle = [], run.server.handle
 
     def recording(message):
         reply = handle(message)
-        seen.extend((message.kind, name, t.dtype) for name, t in {**message.tensors, **reply.tensors}.items())
+        seen.extend(t.dtype for t in (*message.tensors.values(), *reply.tensors.values()))
         return reply
-    server.handle = recording
-    client.train_step(0, 0, batch)
-    return grads["client"], grads["server"], seen
+    run.server.handle = recording
+    run.clients[0].train_step(0, 0, batch)
+    return recorded, seen
 
 
 def test_a_bf16_split_step_gives_the_whole_networks_bf16_gradients_and_crosses_float32(
@@ -57,24 +50,16 @@ def test_a_bf16_split_step_gives_the_whole_networks_bf16_gradients_and_crosses_f
     whole_client, whole_segment = copy.deepcopy(client.network), copy.deepcopy(segment)
     drawn = client.sampler.sample_batch()
     batch = RoundBatch(drawn.images, drawn.labels, drawn.case_ids)
-    split_client, split_server, seen = _step_gradients(run, batch)
+    recorded, seen = _record_step(run, batch)
 
-    assert seen and {dtype for *_, dtype in seen} == {torch.float32}  # the wire never sees bf16
+    assert seen and set(seen) == {torch.float32}  # the wire never sees bf16
     images, labels = torch.from_numpy(batch.images), torch.from_numpy(batch.labels.astype(np.int64))
     with compute_context(Precision.BF16, "cpu"):
         head = whole_client.head(images)
         logits = whole_client.decode(whole_segment(head.features), head.skips)
         assert logits.dtype == torch.bfloat16  # the reference really computes in bf16
-    (client.seg_weight * client.seg_loss(logits.float(), labels)).backward()
-    clip = client.config.optimizer.grad_clip
-    torch.nn.utils.clip_grad_norm_(whole_client.parameters(), clip)
-    torch.nn.utils.clip_grad_norm_(whole_segment.parameters(), clip)
-    for got, module in ((split_client, whole_client), (split_server, whole_segment)):
-        expected = {k: p.grad for k, p in module.named_parameters() if p.grad is not None}
-        assert set(got) == set(expected)
-        for key, gradient in got.items():
-            assert gradient.dtype == torch.float32
-            torch.testing.assert_close(gradient, expected[key], rtol=1e-3, atol=1e-5, msg=key)
+    assert_whole_network_gradients(client.seg_weight * client.seg_loss(logits.float(), labels), client,
+                                   (whole_client, whole_segment), recorded, rtol=1e-3, atol=1e-5)
     assert all(p.dtype == torch.float32 for p in client.network.parameters())
 
 
