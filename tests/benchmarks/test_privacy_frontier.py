@@ -12,9 +12,10 @@ from benchmarks.privacy_frontier import Point, goal_lines, on_frontier
 
 
 def point(method: str, defence: str, cut: int, client: str, dice: float, ssim: float, reid: float = 0.1,
-          label_gain: float = 0.0) -> Point:
+          label_gain: float = 0.0, reid_gallery: float | None = None) -> Point:
     return Point(cut, method, defence, client, [dice], {"attack": "whitebox", "mean": ssim, "ci95": [ssim, ssim]},
-                 reid, {"attack": "gradient_norm", "fg_dice": 0.1, "accuracy": 0.9 + label_gain, "prior_accuracy": 0.9})
+                 reid, {"attack": "gradient_norm", "fg_dice": 0.1, "accuracy": 0.9 + label_gain, "prior_accuracy": 0.9},
+                 reid_gallery)
 
 
 def test_a_point_is_on_the_frontier_unless_another_has_its_dice_at_a_lower_ssim() -> None:
@@ -36,6 +37,21 @@ def test_the_goal_needs_every_client_within_every_bound() -> None:
     assert "NOT met" in verdicts["- goal splitfed, quantise:1, cut 1"]  # B loses 10 Dice points
     assert "NOT met" in verdicts["- goal mucald, none, cut 1"]  # labels leak 15 points over the prior
     assert "NOT met" in verdicts["- goal splitfed, none, cut 0"]
+
+
+def test_the_goal_reads_the_gallery_re_identification_where_the_audit_scored_it() -> None:
+    points = [point("splitfed", "none", 0, c, 0.80, 0.9, reid=1.0) for c in "AB"]
+    # every attacked case re-identified among the 8 attacked, but rarely among the whole gallery
+    points += [point("splitfed", "quantise:2", 1, c, 0.80, 0.2, reid=1.0, reid_gallery=0.12) for c in "AB"]
+    points += [point("mucald", "quantise:2", 1, c, 0.80, 0.2, reid=0.1, reid_gallery=0.5) for c in "AB"]
+    verdicts = {line.split(": Dice")[0]: line for line in goal_lines(points, ["A", "B"])}
+    assert ": met (" in verdicts["- goal splitfed, quantise:2, cut 1"] and "worst re-id 0.12" in \
+        verdicts["- goal splitfed, quantise:2, cut 1"]
+    assert "NOT met" in verdicts["- goal mucald, quantise:2, cut 1"]
+    text = privacy_frontier.report(points, argparse.Namespace(size="tiny", rounds=1, iters=1, seeds=[0],
+                                                              private_cases=8, decoder_steps=1, whitebox_steps=1))
+    assert "| splitfed, quantise:2, cut 1 | 0.800 +- 0.000 (1) | 0.200 [0.200, 0.200] (whitebox) | 1.00 / 0.12 |" in text
+    assert "| splitfed, none, cut 0 | 0.800 +- 0.000 (1) | 0.900 [0.900, 0.900] (whitebox) | 1.00 / - |" in text
 
 
 def test_points_choose_exactly_the_configurations_and_the_grid_is_the_default() -> None:
