@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from inference.errors import PredictionError
 from mucald_unet.config import TrainingConfig
+from mucald_unet.devices import compute_context
 from mucald_unet.errors import TrainingError
 from mucald_unet.federation.client_network import ClientNetwork
 from mucald_unet.networks.segments import build_middle
@@ -112,7 +113,9 @@ class TrainedClientModel(nn.Module):
         self.eval()
 
     def forward(self, images: Tensor, noise_generator: torch.Generator | None = None) -> Tensor:
-        return self.network.segment(images, self.server_segment, noise_generator)
+        """Float32 logits, computed at the precision the run trained and validated at."""
+        with compute_context(self.config.precision, images.device):
+            return self.network.segment(images, self.server_segment, noise_generator).float()
 
     @property
     def adds_noise(self) -> bool:

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 
+from inference.model import load_client_model
 from mucald_unet.config import Precision, TrainingConfig
 from mucald_unet.devices import compute_context
 from mucald_unet.errors import TrainingError
@@ -77,6 +78,16 @@ def test_a_bf16_run_trains_predicts_and_is_named_so(tiny_federation: Path, tmp_p
     summary = FederatedTrainer(tiny_federation, CLIENTS, config, tmp_path).run()
     assert summary.rounds_done == 1 and all(np.isfinite(list(summary.final_dice.values())))
     assert_every_client_predicts(tiny_federation, tmp_path / FINAL)
+    model = load_client_model(tiny_federation, CLIENTS[0], tmp_path / FINAL)
+    convolutions = []
+    hook = torch.nn.modules.module.register_module_forward_hook(
+        lambda module, args, out: convolutions.append(out.dtype) if isinstance(module, torch.nn.Conv2d) else None)
+    try:
+        with torch.no_grad():
+            logits = model(torch.randn(1, model.plan.in_channels, *model.plan.patch_size))
+    finally:
+        hook.remove()
+    assert logits.dtype == torch.float32 and set(convolutions) == {torch.bfloat16}  # predicts as it validated
     saved = TrainingConfig.from_dict(load_plain(tmp_path / FINAL)["config"])
     assert saved.precision is Precision.BF16
     assert run_folder_for(tmp_path, tiny_federation, TrainingConfig(precision="bf16")).parent.name == \
