@@ -465,8 +465,11 @@ class TrainingConfig:
         return TrainingConfig.from_dict(data)
 
 
-_NOT_IN_NAME = frozenset({"method", "ablations", "defence.kind", "defence.strength", "defence.also", "device",
-                          "fold"})
+# where and in what arithmetic a run computes: they may differ between the machines a run is started
+# and resumed on (as for any CUDA-against-CPU rounding), so they neither name a run nor stop a resume
+EXECUTION_SETTINGS = frozenset({"device", "precision"})
+_NOT_IN_NAME = frozenset({"method", "ablations", "defence.kind", "defence.strength", "defence.also", "fold",
+                          *EXECUTION_SETTINGS})
 _SHORT_NAMES = {"aggregation": "agg", "deep_supervision": "ds", "fedprox_mu": "mu", "local_norms": "local-norms",
                 "crdm.eval_timestep": "eval-t",
                 "crdm.share_exogenous": "shared-exogenous", "crdm.train_at_eval_noise": "train-at-eval-noise",

@@ -1,5 +1,5 @@
 """Which torch device a command runs on (``auto`` takes CUDA when torch sees one), and the
-precision its networks compute in there."""
+precision its networks compute in there (``auto`` takes bf16 where the hardware has it)."""
 
 from __future__ import annotations
 
@@ -24,6 +24,20 @@ def resolve_device(choice: Device) -> str:
     if choice is Device.auto:
         return "cuda" if torch.cuda.is_available() else "cpu"
     return choice.value
+
+
+class PrecisionChoice(str, Enum):
+    auto = "auto"
+    fp32 = "fp32"
+    bf16 = "bf16"
+
+
+def resolve_precision(choice: PrecisionChoice, device: str) -> Precision:
+    """``auto``: bf16 where the device computes it natively (same Dice, fewer seconds per
+    iteration, docs/training_recipe.md), else fp32; an explicit choice is kept."""
+    if choice is PrecisionChoice.auto:
+        return Precision.BF16 if bf16_is_native(device) else Precision.FP32
+    return Precision(choice.value)
 
 
 def compute_context(precision: Precision, device: torch.device | str) -> torch.autocast:

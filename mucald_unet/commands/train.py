@@ -23,7 +23,7 @@ from mucald_unet.presets import PRESETS, preset_named
 from mucald_unet.training.trainer import FederatedTrainer, run_folder_for
 from planners.locate import client_names, find_plans
 from planners.plans import load_shared_plan
-from mucald_unet.devices import Device, bf16_is_native, resolve_device
+from mucald_unet.devices import Device, PrecisionChoice, bf16_is_native, resolve_device, resolve_precision
 from preprocessing.cli_support import DATASET_FLAGS, entry_points
 from preprocessing.paths import preprocessed_root, results_root
 
@@ -141,10 +141,11 @@ def train(
     capture_clients: Annotated[Optional[str], typer.Option(
         "--capture-clients", help="Comma-separated dataset ids of the clients to capture (default: all).")] = None,
     device: Annotated[Device, typer.Option("--device", help="auto uses CUDA when available.")] = Device.auto,
-    precision: Annotated[Precision, typer.Option(
+    precision: Annotated[PrecisionChoice, typer.Option(
         "--precision", help="bf16: the networks compute in bfloat16 autocast (parameters, losses and what "
-        "crosses stay float32); fast on CUDA and on CPUs with AVX512-BF16 or AMX, emulated (slower) "
-        "elsewhere. Run name gets __precision-bf16.")] = TrainingConfig.precision,
+        "crosses stay float32); native on CUDA and on CPUs with AVX512-BF16 or AMX, emulated (slower) "
+        "elsewhere. auto: bf16 where native, else fp32. Recorded in config.json; like the device, it does "
+        "not name the run and may differ on --resume.")] = PrecisionChoice.auto,
     engine: Annotated[Engine, typer.Option(
         "--engine", help="in-process (the simulation); flare-loopback: the server and every client as separate "
         "NVIDIA FLARE processes over mutual TLS on this machine; flare: separate machines, this one the server "
@@ -168,9 +169,10 @@ def train(
 ) -> None:
     """Train; checkpoints, log, curves and the message manifest land in the run's results folder."""
     chosen_device = resolve_device(device)
+    chosen_precision = resolve_precision(precision, chosen_device)
     config = TrainingConfig(method=method, ablations=parse_ablations(ablate), rounds=rounds,
                             local_epochs=local_epochs, iterations_per_epoch=iters, fold=fold, seed=seed,
-                            max_train_cases=max_train_cases, device=chosen_device, precision=precision,
+                            max_train_cases=max_train_cases, device=chosen_device, precision=chosen_precision,
                             aggregation=aggregation.value, fedprox_mu=fedprox_mu,
                             local_norms=local_norms, deep_supervision=deep_supervision,
                             strategy=StrategyOptions(ditto_lambda=ditto_lambda, fedper_stages=fedper_stages,
@@ -188,9 +190,10 @@ def train(
     names = client_names(plans_path, datasets)
     run_folder = run_folder_for(results_root(results), plans_path, config, names)
     console = Console(highlight=False)
+    console.print(f"computing on {config.device} in {config.precision.value}")
     if config.precision is Precision.BF16 and not bf16_is_native(config.device):
         console.print(f"[yellow]--precision bf16: this {config.device.upper()} has no native bfloat16 arithmetic; "
-                      "torch emulates it, slower than fp32. Fix: drop --precision bf16 here.[/yellow]")
+                      "torch emulates it, slower than fp32. Fix: --precision auto or fp32 here.[/yellow]")
     if engine is not Engine.in_process or wire_dtype is WireDtype.float16 or kit or admin_kit:
         placement = _deployment(engine, capture_round, kit, admin_kit)
         summary = _train_deployed(plans_path, names, config, run_folder, wire_dtype, placement,

@@ -10,6 +10,7 @@ initialisation, as for any bf16 network: whether that costs Dice is the benchmar
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -18,14 +19,15 @@ import torch
 
 from inference.model import load_client_model
 from mucald_unet.config import Precision, TrainingConfig
-from mucald_unet.devices import compute_context
+from mucald_unet import devices
+from mucald_unet.devices import PrecisionChoice, compute_context
 from mucald_unet.errors import TrainingError
 from mucald_unet.training.batch_stream import RoundBatch
-from mucald_unet.training.checkpoint import FINAL, load_plain
+from mucald_unet.training.checkpoint import FINAL, check_compatible, load_checkpoint, load_plain
 from mucald_unet.training.trainer import FederatedTrainer, run_folder_for
 from tests.conftest import CLIENTS
-from tests.mucald_unet.conftest import (assert_every_client_predicts, assert_whole_network_gradients, quick_config,
-                                        record_step_gradients)
+from tests.mucald_unet.conftest import (CrashAfterRound, assert_every_client_predicts, assert_whole_network_gradients,
+                                        quick_config, record_step_gradients)
 
 
 def _record_step(run: FederatedTrainer, batch: RoundBatch) -> tuple[tuple[dict, dict], list]:
@@ -90,9 +92,38 @@ def test_a_bf16_run_trains_predicts_and_is_named_so(tiny_federation: Path, tmp_p
     assert logits.dtype == torch.float32 and set(convolutions) == {torch.bfloat16}  # predicts as it validated
     saved = TrainingConfig.from_dict(load_plain(tmp_path / FINAL)["config"])
     assert saved.precision is Precision.BF16
-    assert run_folder_for(tmp_path, tiny_federation, TrainingConfig(precision="bf16")).parent.name == \
-        "mucald__precision-bf16"
-    assert run_folder_for(tmp_path, tiny_federation, TrainingConfig()).parent.name == "mucald"
+    # like the device, the precision is where a run computes, not what it is: the name stays
+    assert run_folder_for(tmp_path, tiny_federation, TrainingConfig(precision="bf16")).parent.name == "mucald"
+
+
+def test_a_run_resumes_in_another_precision_and_from_before_precision_was_recorded(tiny_federation: Path,
+                                                                                   tmp_path: Path) -> None:
+    killed = FederatedTrainer(tiny_federation, CLIENTS, quick_config(rounds=2), tmp_path,
+                              reporter=CrashAfterRound(0))
+    with pytest.raises(KeyboardInterrupt):
+        killed.run()
+    summary = FederatedTrainer(tiny_federation, CLIENTS, quick_config(rounds=2, precision="bf16"),
+                               tmp_path).run(resume=True)  # a machine with native bf16 takes over
+    assert summary.rounds_done == 2
+    checkpoint = load_checkpoint(tmp_path / FINAL)
+    older = {k: v for k, v in checkpoint.config.items() if k != "precision"}  # a checkpoint of an earlier version
+    check_compatible(replace(checkpoint, config=older), tmp_path / FINAL, quick_config(rounds=2).to_dict(),
+                     checkpoint.plans_digest)
+    with pytest.raises(TrainingError, match="seed: 0 -> 1"):  # what a run is still may not change
+        check_compatible(checkpoint, tmp_path / FINAL, quick_config(rounds=2, seed=1).to_dict(),
+                         checkpoint.plans_digest)
+
+
+@pytest.mark.parametrize("native, device, expected", [(True, "cpu", "bf16"), (False, "cpu", "fp32"),
+                                                      (True, "cuda", "bf16"), (False, "cuda", "fp32")])
+def test_auto_precision_is_bf16_exactly_where_the_hardware_has_it(monkeypatch, native: bool, device: str,
+                                                                  expected: str) -> None:
+    seen = []
+    monkeypatch.setattr(devices, "bf16_is_native", lambda where: seen.append(where) or native)
+    assert devices.resolve_precision(PrecisionChoice.auto, device) is Precision(expected)
+    assert seen == [device]
+    assert devices.resolve_precision(PrecisionChoice.fp32, device) is Precision.FP32
+    assert devices.resolve_precision(PrecisionChoice.bf16, device) is Precision.BF16
 
 
 def test_an_unknown_precision_is_refused() -> None:
