@@ -20,6 +20,7 @@ import json
 import math
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -36,6 +37,7 @@ from benchmarks.reporting import REPO, emit_report, goal_line, log, unmeasured_g
 DEFAULT_VENV = REPO / "benchmarks" / ".venv"
 PYRADIOMICS = REPO.parent / "shared" / "data" / "pyradiomics"
 DEFAULT_BUDGETS = (250, 1000, 2500)
+DEFAULT_PLAN_FLAGS = ("--target", "cpu")  # the cpu preset, as a hospital without a GPU plans
 TRAINER_FILE = "nnUNetTrainer_Parity.py"
 TRAINER_VERSION = 1        # bump when the generated trainer changes what nnU-Net learns or measures
 NNUNET_EPOCH = 250         # nnU-Net's own iterations per epoch
@@ -305,7 +307,7 @@ def ours_plan_summary(plans_path: Path, folder: str) -> dict:
 
 def run_ours(dataset: ParityDataset, budget: int, args: argparse.Namespace, code: str) -> dict:
     """Plan (once per data + code), train ``budget`` iterations, predict imagesTs, evaluate."""
-    base = dataset.work / "ours" / f"{dataset.data_key}-{code[:12]}"
+    base = ours_folder(dataset, code, args.plan_key)
     commands: list[str] = []
     run_key = f"b{budget}{args.variant}"  # the plan is shared by every --train-flags variant
     pre, logs = base / "preprocessed", base / "logs" / run_key
@@ -313,7 +315,7 @@ def run_ours(dataset: ParityDataset, budget: int, args: argparse.Namespace, code
     if not (base / "plan.done").is_file():
         fresh(pre)
     run_once(base / "plan.done", [project_bin("mucald_plan_and_preprocess"), "-d", dataset.dataset_id, "--config",
-                                  "2d", "--target", "cpu", "--raw", str(dataset.raw_root), "--preprocessed", str(pre),
+                                  "2d", *args.plan_flags, "--raw", str(dataset.raw_root), "--preprocessed", str(pre),
                                   "-np", str(args.workers)], env, base / "logs" / "plan.log", commands)
     rounds, iters = ours_schedule(budget, args.rounds)
     results = fresh(base / "results" / run_key)
@@ -333,7 +335,7 @@ def run_ours(dataset: ParityDataset, budget: int, args: argparse.Namespace, code
     return {"tool": "ours", "budget": budget, **scores, "s_per_iter": train_seconds / budget,
             "s_per_iter_loop": train_seconds / budget, **train, "schedule": f"{rounds} rounds x {iters}",
             "plan": ours_plan_summary(next(pre.glob("Federation_*/plans.json")), dataset.folder),
-            "code": code[:12], "train_flags": args.train_flags, "commands": commands}
+            "code": code[:12], "train_flags": args.train_flags, "plan_flags": args.plan_flags, "commands": commands}
 
 
 # ---------------------------------------------------------------------------------------- nnU-Net
@@ -509,18 +511,25 @@ def run_nnunet(dataset: ParityDataset, budget: int, args: argparse.Namespace) ->
 
 # ------------------------------------------------------------------------------------------ cache
 
-def cache_path(dataset: ParityDataset, tool: str, budget: int, code: str, variant: str = "") -> Path:
-    """nnU-Net: dataset + budget + data digest (+ trainer version); ours: also our code digest and
-    the ``--train-flags`` variant."""
+def ours_folder(dataset: ParityDataset, code: str, plan_key: str = "") -> Path:
+    """Our plan and runs of this data, code and ``--plan-flags`` variant (``-p<digest>``; none for the default)."""
+    return dataset.work / "ours" / f"{dataset.data_key}-{code[:12]}{plan_key}"
+
+
+def cache_path(dataset: ParityDataset, tool: str, budget: int, code: str, variant: str = "",
+               plan_key: str = "") -> Path:
+    """nnU-Net: dataset + budget + data digest (+ trainer version); ours: also our code digest, the
+    ``--plan-flags`` variant and the ``--train-flags`` variant."""
     if tool == "ours":
-        return dataset.work / "ours" / f"{dataset.data_key}-{code[:12]}" / f"result-b{budget}{variant}.json"
+        return ours_folder(dataset, code, plan_key) / f"result-b{budget}{variant}.json"
     return dataset.work / "nnunet" / dataset.data_key / f"result-b{budget}-v{TRAINER_VERSION}.json"
 
 
-def latest_ours(dataset: ParityDataset, budget: int, variant: str = "") -> dict | None:
-    """Our newest result of this data, budget and variant under any code digest (shown when ours is skipped)."""
+def latest_ours(dataset: ParityDataset, budget: int, variant: str = "", plan_key: str = "") -> dict | None:
+    """Our newest result of this data, budget and variants under any code digest (shown when ours is skipped)."""
+    folder = re.compile(rf"{re.escape(dataset.data_key)}-[0-9a-f]{{12}}{re.escape(plan_key)}")
     found = [r for p in dataset.work.glob(f"ours/{dataset.data_key}-*/result-b{budget}{variant}.json")
-             if (r := read_json(p))]
+             if folder.fullmatch(p.parent.name) and (r := read_json(p))]
     return max(found, key=lambda r: r.get("finished", ""), default=None)
 
 
@@ -559,13 +568,13 @@ def get_result(dataset: ParityDataset, tool: str, budget: int, args: argparse.Na
 
     Our code digest is taken now, not at start-up, since other work may change the code meanwhile."""
     code = code_digest() if tool == "ours" else ""
-    path = cache_path(dataset, tool, budget, code, args.variant)
+    path = cache_path(dataset, tool, budget, code, args.variant, args.plan_key)
     skip, retrain = (args.skip_ours, args.retrain_ours) if tool == "ours" else (args.skip_nnunet, args.retrain_nnunet)
     cached = read_json(path)
     if cached and not retrain:
         return {**cached, "cached": True}
     if skip:
-        older = latest_ours(dataset, budget, args.variant) if tool == "ours" else None
+        older = latest_ours(dataset, budget, args.variant, args.plan_key) if tool == "ours" else None
         return {**older, "cached": True, "stale": True} if older else None
     lock = path.with_name(path.stem + ".lock")
     if not take_lock(lock):
@@ -703,7 +712,8 @@ def machine_lines(args: argparse.Namespace, busy: tuple[float, float]) -> list[s
     return [f"- machine: {cpu}, {os.cpu_count()} CPUs, {psutil.virtual_memory().total / 2**30:.0f} GiB; Python "
             f"{platform.python_version()}, torch {torch.__version__}, "
             f"nnunetv2 {nnunet[-1].name.removesuffix('.dist-info').split('-')[1] if nnunet else 'not installed'}",
-            f"- our runs' extra mucald_train flags: {' '.join(args.train_flags) or 'none (the defaults)'}",
+            f"- our runs' extra mucald_train flags: {' '.join(args.train_flags) or 'none (the defaults)'}; "
+            f"plan flags: {' '.join(args.plan_flags)}",
             f"- {args.threads} torch threads per training process (OMP_NUM_THREADS), {args.workers} worker processes "
             f"for planning/prediction, nnU-Net nnUNet_n_proc_DA={args.da_workers}; device cpu for both",
             f"- CPUs busy with other work: {busy[0]:.1f} at the start, {busy[1]:.1f} at the end (shared machine: "
@@ -756,12 +766,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--split-seed", type=int, default=0, help="Seed of the moved test cases.")
     parser.add_argument("--train-flags", default="", help="Extra mucald_train flags of our runs, one string "
                         "(--train-flags='--deep-supervision 2'): a recipe variant, cached apart from the defaults.")
+    parser.add_argument("--plan-flags", default=" ".join(DEFAULT_PLAN_FLAGS), help="mucald_plan_and_preprocess "
+                        "flags of our plan, one string (default: the cpu preset; --plan-flags='--target gpu' plans "
+                        "at nnU-Net's resolution): a plan variant, planned and cached apart.")
     for flag in ("--skip-nnunet", "--skip-ours", "--retrain-ours", "--retrain-nnunet"):
         parser.add_argument(flag, action="store_true")
     args = parser.parse_args(argv)
     args.train_flags = shlex.split(args.train_flags)
     args.variant = ("-" + hashlib.sha256(" ".join(args.train_flags).encode()).hexdigest()[:8]
                     if args.train_flags else "")
+    args.plan_flags = shlex.split(args.plan_flags)
+    args.plan_key = ("" if args.plan_flags == list(DEFAULT_PLAN_FLAGS)
+                     else "-p" + hashlib.sha256(" ".join(args.plan_flags).encode()).hexdigest()[:8])
     if args.raw and not args.dataset_ids:
         parser.error("--raw needs -d ID")
     args.work, args.nnunet_venv = args.work.resolve(), args.nnunet_venv.resolve()

@@ -7,17 +7,21 @@ import ast
 import json
 import os
 import shutil
+from types import SimpleNamespace
 
 import pytest
 
 from benchmarks.single_client_parity import (
     SplitOptions,
     build_parity_copy,
+    cache_path,
     choose_test_cases,
     dataset_digest,
     goal_lines,
+    latest_ours,
     nnunet_schedule,
     ours_schedule,
+    parse_args,
     ratio,
     results_table,
     take_lock,
@@ -93,6 +97,26 @@ def test_a_run_is_claimed_once_and_a_dead_owner_releases_it(tmp_path) -> None:
     assert not take_lock(lock)  # this process (alive) holds it
     lock.write_text("999999999")  # no such process
     assert take_lock(lock)
+
+
+def test_plan_and_train_variants_are_cached_apart_and_the_defaults_keep_their_old_keys(tmp_path) -> None:
+    dataset = SimpleNamespace(work=tmp_path, data_key="0123456789ab")
+    code = "f" * 40
+    default = parse_args(["--work", str(tmp_path)])
+    assert default.plan_flags == ["--target", "cpu"] and default.plan_key == "" and default.variant == ""
+    gpu = parse_args(["--work", str(tmp_path), "--plan-flags=--target gpu", "--train-flags=--seed 1"])
+    assert gpu.plan_flags == ["--target", "gpu"] and gpu.plan_key.startswith("-p") and gpu.variant
+    plain = cache_path(dataset, "ours", 250, code)
+    assert plain == tmp_path / "ours" / "0123456789ab-ffffffffffff" / "result-b250.json"  # as before plan variants
+    planned = cache_path(dataset, "ours", 250, code, gpu.variant, gpu.plan_key)
+    assert planned.parent.name == f"0123456789ab-ffffffffffff{gpu.plan_key}" and planned.name == \
+        f"result-b250{gpu.variant}.json"
+    for path, dice in ((plain, 0.5), (cache_path(dataset, "ours", 250, code, "", gpu.plan_key), 0.7)):
+        path.parent.mkdir(parents=True)
+        path.write_text(json.dumps({"mean_dice": dice, "finished": f"2026-12-0{int(dice * 10)}"}))
+    # the newest of each plan only: a gpu-plan result never stands in for the cpu plan's
+    assert latest_ours(dataset, 250)["mean_dice"] == 0.5
+    assert latest_ours(dataset, 250, "", gpu.plan_key)["mean_dice"] == 0.7
 
 
 # ----------------------------------------------------------------------------- schedules and trainer
