@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One prepared check on a CUDA machine (no internet): install carried wheels, run the test suite,
 # a short CUDA training with resume, prediction on CUDA for every client's imagesTs (evaluated), and
-# a short privacy audit on CUDA, and the step-time benchmark on CUDA. Writes logs to $OUT.
+# a short privacy audit on CUDA, and the step-time benchmark on CUDA at fp32 and bf16. Writes logs to $OUT.
 # Usage: bash benchmarks/gpu_check.sh [--skip-tests] [--skip-bench]   (repository root, wheels in .whl/)
 # Wheels: see the closing note of the training issue for how .whl/ was filled.
 set -uo pipefail
@@ -30,4 +30,4 @@ done
 A="from inference.commands.audit import main; import sys; raise SystemExit(main(sys.argv[1:]))"
 python3 -c "$A" -d 3 -o $W/audit --preprocessed $W/pp --results $W/res --runs mucald --device cuda --private-cases 4 \
   --shadows 2 --decoder-steps 50 --whitebox-steps 50 2>&1 | grep -v "^$" | tail -8 | tee "$OUT/audit.txt"
-[ "$SKIP_BENCH" = 1 ] || timeout 200 python3 -m benchmarks.train_step --size small --repeats 2 --iters 15 --device cuda --threads 4 2>&1 | tail -14 | tee "$OUT/train_step_cuda.txt"
+[ "$SKIP_BENCH" = 1 ] || timeout 200 python3 -m benchmarks.train_step --size small --repeats 2 --iters 15 --device cuda --threads 4 --precisions fp32 bf16 2>&1 | tail -14 | tee "$OUT/train_step_cuda.txt"
