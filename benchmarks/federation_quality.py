@@ -193,6 +193,14 @@ def prepare_real(work: Path, source: Path) -> tuple[Path, list[str]]:
 
 # --------------------------------------------------------------------------------- child: train
 
+def child_config(args: argparse.Namespace) -> "TrainingConfig":
+    """The config a child trains: its variant's ablations and overrides at the run's budget and seed."""
+    variant = QualityVariant(args.method, args.ablate or "", overrides=tuple(json.loads(args.overrides).items()))
+    return variant.training_config(rounds=args.rounds, local_epochs=args.local_epochs,
+                                   iterations_per_epoch=args.iters, seed=args.seed, fold=0,
+                                   max_train_cases=args.max_train_cases)
+
+
 def child_main(args: argparse.Namespace) -> int:
     import torch
 
@@ -200,10 +208,7 @@ def child_main(args: argparse.Namespace) -> int:
     from preprocessing.atomic import write_json_atomic
 
     torch.set_num_threads(args.threads)
-    variant = QualityVariant(args.method, args.ablate or "", tuple(json.loads(args.overrides).items()))
-    config = variant.training_config(rounds=args.rounds, local_epochs=args.local_epochs,
-                                     iterations_per_epoch=args.iters, seed=args.seed, fold=0,
-                                     max_train_cases=args.max_train_cases)
+    config = child_config(args)
     started = time.perf_counter()
     # the parent found no finished summary here, so what a killed child left is discarded
     summary = FederatedTrainer(args.plans, args.clients, config, args.run_folder).run(overwrite=True)

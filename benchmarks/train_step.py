@@ -31,7 +31,7 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -104,7 +104,8 @@ class Variant:
 
     method: str
     ablations: str = ""  # comma-separated, as `mucald_train --ablate`
-    precision: str = "fp32"  # as `mucald_train --precision`
+    # as `mucald_train --precision`; keyword-only, so subclasses' positional fields keep their places
+    precision: str = field(default="fp32", kw_only=True)
 
     @property
     def label(self) -> str:
@@ -126,7 +127,7 @@ def ablation_variants(text: str | None, precision: str = "fp32") -> list[Variant
     variants = []
     for part in (p.strip() for p in (text or "").split(",") if p.strip()):
         names = ",".join(sorted(a.value for a in parse_ablations(part.replace("+", ","))))
-        variants.append(Variant("mucald", names, precision))
+        variants.append(Variant("mucald", names, precision=precision))
     return variants
 
 
@@ -205,7 +206,7 @@ def child_main(args: argparse.Namespace) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    variant = Variant(args.child, args.ablate or "", args.precision)
+    variant = Variant(args.child, args.ablate or "", precision=args.precision)
     result = measure_iterations(args.plans, args.clients, variant, args.run_folder, args.warmup,
                                 args.iters, args.seed, args.device)
     print(json.dumps(result), flush=True)

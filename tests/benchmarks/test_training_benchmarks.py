@@ -57,7 +57,7 @@ def test_precisions_give_every_variant_at_each_with_fp32_first() -> None:
     labels = [v.label for v in train_step.all_variants("no-daca", ["bf16", "fp32"])]
     assert labels == ["splitfed", "mucald", "mucald --ablate no-daca", "splitfed --precision bf16",
                       "mucald --precision bf16", "mucald --ablate no-daca --precision bf16"]
-    assert Variant("mucald", "no-daca", "bf16").folder_name == "mucald__no-daca__precision-bf16"
+    assert Variant("mucald", "no-daca", precision="bf16").folder_name == "mucald__no-daca__precision-bf16"
     bf16 = {"splitfed": measured(0.40, 1000), "mucald": measured(0.60, 1000),
             "splitfed --precision bf16": measured(0.20, 1000), "mucald --precision bf16": measured(0.25, 1000)}
     assert goal_lines(bf16)[1] == ("- goal time mucald / splitfed <= 1.3, both at --precision bf16: met (1.25 = "
@@ -239,6 +239,16 @@ def test_federation_quality_variants_replace_settings_and_name_them_as_the_train
         federation_quality.QualityVariant.parse("mucald:local_norms")
     with pytest.raises(MucaldError, match="--local-norms has no meaning"):  # refused as the trainer refuses it
         federation_quality.QualityVariant.parse("fedbn:local_norms=true")
+
+
+def test_a_federation_quality_child_trains_its_variants_settings() -> None:
+    """What the parent passes a child (method, ablations, overrides as JSON) is what it trains."""
+    parser_args = federation_quality.parse_args(
+        ["--child", "--method", "mucald", "--ablate", "no-daca", "--seed", "1", "--rounds", "3", "--iters", "4",
+         "--overrides", json.dumps({"precision": "bf16", "crdm.eval_timestep": 100})])
+    config = federation_quality.child_config(parser_args)
+    assert (config.precision.value, config.crdm.eval_timestep, config.seed, config.rounds) == ("bf16", 100, 1, 3)
+    assert [a.value for a in config.ablations] == ["no-daca"] and config.iterations_per_epoch == 4
 
 
 def test_federation_quality_reports_dice_and_losses_and_resumes(work: Path, tmp_path: Path,
