@@ -97,14 +97,24 @@ class QualityVariant(Variant):
             return super().label
         config = self.training_config()
         ablations = ",".join(a.value for a in sorted(config.ablations, key=lambda a: a.value))
-        return " ".join([self.method, *([f"--ablate {ablations}"] if ablations else []), *config.setting_labels()])
+        return " ".join([self.method, *([f"--ablate {ablations}"] if ablations else []), *self._setting_labels(config)])
 
     @property
     def folder_name(self) -> str:
         if not self.overrides:
             return super().folder_name
         config = self.training_config()
-        return "__".join(config.identity_labels() + config.setting_labels())
+        return "__".join(config.identity_labels() + self._setting_labels(config))
+
+    def _setting_labels(self, config: "TrainingConfig") -> list[str]:
+        """The trainer's setting labels, plus the execution settings (precision, device) this variant
+        overrides: the trainer leaves those out of run names, but here they are what the variant
+        measures, and without them it would share (and overwrite) the plain method's folder."""
+        from mucald_unet.config import EXECUTION_SETTINGS
+
+        executed = config.to_dict()
+        return config.setting_labels() + [f"{key}-{executed[key]}" for key, _ in self.overrides
+                                          if key in EXECUTION_SETTINGS]
 
     @classmethod
     def parse(cls, text: str) -> "QualityVariant":

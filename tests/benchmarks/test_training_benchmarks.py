@@ -241,6 +241,14 @@ def test_federation_quality_variants_replace_settings_and_name_them_as_the_train
         federation_quality.QualityVariant.parse("fedbn:local_norms=true")
 
 
+def test_a_precision_variant_never_shares_the_plain_methods_folder() -> None:
+    bf16 = federation_quality.QualityVariant.parse("mucald:precision=bf16")
+    assert bf16.folder_name == "mucald__precision-bf16" and bf16.label == "mucald precision-bf16"
+    both = federation_quality.QualityVariant.parse("mucald:local_norms=true,precision=bf16")
+    assert both.folder_name == "mucald__local-norms__precision-bf16"
+    assert federation_quality.QualityVariant.parse("mucald").folder_name == "mucald"
+
+
 def test_a_federation_quality_child_trains_its_variants_settings() -> None:
     """What the parent passes a child (method, ablations, overrides as JSON) is what it trains."""
     parser_args = federation_quality.parse_args(
