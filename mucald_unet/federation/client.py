@@ -144,7 +144,7 @@ class SplitClient:
         with self._compute():
             tail = self.network.through_split("crdm2", received, proxies, mask)
             logits = self.network.decode(tail.features, skips).float()
-            coarse_logits = [head(maps).float() for head, maps in zip(self.network.coarse_heads, coarse)]
+            coarse_logits = [scorer(maps).float() for scorer, maps in zip(self.network.coarse_heads, coarse)]
         seg = self.seg_loss(logits, labels) if self.network.mixture is None else self._mixture_loss(logits, labels)
         tail_terms = {"seg": seg, **{f"{k}2": v for k, v in tail.losses.items()}}
         if coarse:
