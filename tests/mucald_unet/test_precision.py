@@ -10,6 +10,7 @@ initialisation, as for any bf16 network: whether that costs Dice is the benchmar
 from __future__ import annotations
 
 import copy
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -129,3 +130,16 @@ def test_auto_precision_is_bf16_exactly_where_the_hardware_has_it(monkeypatch, n
 def test_an_unknown_precision_is_refused() -> None:
     with pytest.raises(TrainingError, match="unknown precision 'fp16'. Fix: --precision fp32 or bf16"):
         TrainingConfig(precision="fp16")
+
+
+def test_a_deployed_run_resumes_in_another_precision_but_not_with_other_settings(tmp_path: Path) -> None:
+    from mucald_unet.deployment.deployed_run import _resumable
+
+    started = {"training": {k: v for k, v in TrainingConfig().to_dict().items() if k != "precision"},
+               "plans_digest": "d", "clients": ["a"], "flare_jobs": ["job-1"]}  # a run of an earlier version
+    (tmp_path / "config.json").write_text(json.dumps(started))
+    (tmp_path / FINAL).write_bytes(b"")
+    now = {"training": TrainingConfig(precision="bf16").to_dict(), "plans_digest": "d", "clients": ["a"]}
+    assert _resumable(tmp_path, now) == ["job-1"]
+    with pytest.raises(TrainingError, match="other training settings"):
+        _resumable(tmp_path, {**now, "training": TrainingConfig(precision="bf16", seed=3).to_dict()})
