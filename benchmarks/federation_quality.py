@@ -88,7 +88,8 @@ class QualityVariant(Variant):
         """The config of one run of this variant; a setting that does not exist is refused here."""
         from mucald_unet.config import Method, TrainingConfig, parse_ablations
 
-        base = TrainingConfig(method=Method(self.method), ablations=parse_ablations(self.ablations), **fields)
+        base = TrainingConfig(method=Method(self.method), ablations=parse_ablations(self.ablations),
+                              precision=self.precision, **fields)
         return base.with_overrides(dict(self.overrides))
 
     @property

@@ -470,6 +470,11 @@ class TrainingConfig:
 EXECUTION_SETTINGS = frozenset({"device", "precision"})
 _NOT_IN_NAME = frozenset({"method", "ablations", "defence.kind", "defence.strength", "defence.also", "fold",
                           *EXECUTION_SETTINGS})
+
+
+def without_execution_settings(training: Mapping[str, Any]) -> dict[str, Any]:
+    """A run's ``to_dict`` settings less ``EXECUTION_SETTINGS``: what must match for a resume."""
+    return {k: v for k, v in training.items() if k not in EXECUTION_SETTINGS}
 _SHORT_NAMES = {"aggregation": "agg", "deep_supervision": "ds", "fedprox_mu": "mu", "local_norms": "local-norms",
                 "crdm.eval_timestep": "eval-t",
                 "crdm.share_exogenous": "shared-exogenous", "crdm.train_at_eval_noise": "train-at-eval-noise",

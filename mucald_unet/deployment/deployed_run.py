@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mucald_unet.config import EXECUTION_SETTINGS, TrainingConfig
+from mucald_unet.config import TrainingConfig, without_execution_settings
 from mucald_unet.deployment import KITS_ENGINE, LOOPBACK_ENGINE
 from mucald_unet.deployment.flare_apps import LOG_FILE, SERVER_FOLDER, STATE_FILE
 from mucald_unet.deployment.flare_job import FlareJob, run_from_kits, run_on_loopback
@@ -121,11 +121,6 @@ def _holds_a_run(run_folder: Path) -> bool:
     return (run_folder / FINAL).is_file() or (run_folder / SITES_FOLDER / SERVER_FOLDER / STATE_FILE).is_file()
 
 
-def _what_the_run_is(training: dict) -> dict:
-    """Its training settings less where and in what precision it computes, which may change on resume."""
-    return {k: v for k, v in training.items() if k not in EXECUTION_SETTINGS}
-
-
 def _resumable(run_folder: Path, record: dict) -> list[str]:
     """The FLARE job statuses of the run to resume, or a TrainingError saying why it cannot be."""
     config_path = run_folder / CONFIG_FILE
@@ -133,9 +128,9 @@ def _resumable(run_folder: Path, record: dict) -> list[str]:
         raise TrainingError(f"{run_folder}: no deployed run to resume (no saved server state). Fix: drop --resume "
                             "to start this run, or repeat the flags of the run you meant.")
     saved = json.loads(config_path.read_text())
-    saved_training = _what_the_run_is(TrainingConfig.from_dict(saved["training"]).to_dict())  # added since: defaults
-    differing = [what for what, before, now in (("training settings", saved_training,
-                                                 _what_the_run_is(record["training"])),
+    saved_training = TrainingConfig.from_dict(saved["training"]).to_dict()  # settings added since: defaults
+    differing = [what for what, before, now in (("training settings", without_execution_settings(saved_training),
+                                                 without_execution_settings(record["training"])),
                                                 ("plans.json", saved.get("plans_digest"), record["plans_digest"]),
                                                 ("clients", saved.get("clients"), record["clients"]))
                  if before != now]

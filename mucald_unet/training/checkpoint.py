@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mucald_unet.config import EXECUTION_SETTINGS
+from mucald_unet.config import without_execution_settings
 from mucald_unet.errors import TrainingError
 from mucald_unet.training.augmentation import augmentation_rng_state, restore_augmentation_rng_state
 from planners.plans import (SHARED_PLAN_FILE, Plans, document_digest, federation_digest, load_plans, load_shared_plan,
@@ -192,16 +192,15 @@ def _refusal(path: Path, refused: list[str]) -> str:
 def check_compatible(checkpoint: Checkpoint, path: Path, config: dict[str, Any], digest: str) -> None:
     """Refuse a checkpoint made under another plan or with other settings, the length included.
 
-    Only where and in what precision it computes may change (``EXECUTION_SETTINGS``): the auxiliary warm-up, ramp and adversarial weight are defined
-    over the run's whole length, so a resumed run with other ``rounds`` would not equal any
-    uninterrupted run.
+    Only where and in what precision it computes may change (``EXECUTION_SETTINGS``): the
+    auxiliary warm-up, ramp and adversarial weight are defined over the run's whole length, so a
+    resumed run with other ``rounds`` would not equal any uninterrupted run.
     """
     if checkpoint.plans_digest != digest:
         raise TrainingError(f"{path} was trained under a different plans.json (digest "
                             f"{checkpoint.plans_digest}, now {digest}). Fix: start a new run without --resume "
                             "or restore the plan it was made with.")
-    before = {k: v for k, v in checkpoint.config.items() if k not in EXECUTION_SETTINGS}
-    now = {k: v for k, v in config.items() if k not in EXECUTION_SETTINGS}
+    before, now = without_execution_settings(checkpoint.config), without_execution_settings(config)
     changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
     if "rounds" in changed:
         raise TrainingError(f"{path} is a run of {before.get('rounds')} rounds; --rounds {now.get('rounds')} would "

@@ -247,6 +247,8 @@ def test_a_precision_variant_never_shares_the_plain_methods_folder() -> None:
     both = federation_quality.QualityVariant.parse("mucald:local_norms=true,precision=bf16")
     assert both.folder_name == "mucald__local-norms__precision-bf16"
     assert federation_quality.QualityVariant.parse("mucald").folder_name == "mucald"
+    inherited = federation_quality.QualityVariant("splitfed", precision="bf16")  # the step benchmark's field
+    assert inherited.folder_name == "splitfed__precision-bf16" and inherited.training_config().precision.value == "bf16"
 
 
 def test_a_federation_quality_child_trains_its_variants_settings() -> None:
